@@ -22,15 +22,14 @@ EXACT_ATOL = 1e-10  # nats; float64 rounding of sums of ~10 terms of size ~10
 
 
 @pytest.fixture(autouse=True)
-def _pyro_state():
-    """Fresh seed and param store, validation on; one thread, as these tensors are tiny."""
+def _one_thread():
+    """One torch thread: these tensors are tiny, and thread hand-offs cost more than they save.
+
+    (conftest.py resets the param store, seeds with 0 and turns validation on.)
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    pyro.clear_param_store()
-    pyro.enable_validation(True)
-    pyro.set_rng_seed(0)
     yield
-    pyro.enable_validation(False)
     torch.set_num_threads(threads)
 
 
