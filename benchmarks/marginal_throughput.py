@@ -4,7 +4,9 @@ Evaluates log p(x) on the MNIST test set with K importance samples per image
 (Burda, Grosse & Salakhutdinov 2016, section 5.2: K = 5000, 10,000 images) and
 reports the achieved decoder GFLOP/s (2 * in * out per Linear layer of the
 decoder per sample) against the rate ``torch.mm`` reaches, in the same process,
-on the same matrix shapes as one chunk of the estimator. Also reports wall
+on the same matrix shapes as one chunk of the estimator. On a shared machine
+the wall-clock ratio depends on the load at each moment, so the ratio per
+second of this process's CPU time is reported beside it. Also reports wall
 time and peak memory during the estimate (CPU: the process's peak resident
 set, reset just before it through Linux's ``/proc/self/clear_refs``, beside the
 resident set before it; CUDA: ``torch.cuda.max_memory_allocated``). Runs on CUDA when present.
@@ -60,8 +62,11 @@ def decoder_flops_per_sample(model: VAE) -> int:
     return sum(2 * m.in_features * m.out_features for m in model.decoder.modules() if isinstance(m, nn.Linear))
 
 
-def matmul_rate(model: VAE, rows: int, device: torch.device, repeats: int) -> float:
-    """GFLOP/s of ``torch.mm`` on the decoder's shapes, (rows, in) @ (in, out) per Linear layer."""
+def matmul_rate(model: VAE, rows: int, device: torch.device, repeats: int) -> tuple[float, float]:
+    """GFLOP/s of ``torch.mm`` on the decoder's shapes, (rows, in) @ (in, out) per Linear layer.
+
+    Returns (per wall-clock second, per second of this process's CPU time).
+    """
     shapes = [(m.in_features, m.out_features) for m in model.decoder.modules() if isinstance(m, nn.Linear)]
     a = [torch.randn(rows, i, device=device) for i, _ in shapes]
     w = [torch.randn(i, o, device=device) for i, o in shapes]
@@ -72,13 +77,28 @@ def matmul_rate(model: VAE, rows: int, device: torch.device, repeats: int) -> fl
             torch.mm(a_i, w_i, out=out_i)
 
     once()  # warm up
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        once()
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return repeats * rows * sum(2 * i * o for i, o in shapes) / seconds / 1e9
+    with _Timer(device) as timer:
+        for _ in range(repeats):
+            once()
+    gflop = repeats * rows * sum(2 * i * o for i, o in shapes) / 1e9
+    return gflop / timer.seconds, gflop / timer.cpu_seconds
+
+
+class _Timer:
+    """Wall-clock and process CPU seconds of a block (CUDA synchronized at both ends)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        _sync(self.device)
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        _sync(self.device)
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
 
 
 def _sync(device: torch.device) -> None:
@@ -138,17 +158,15 @@ def main(argv=None) -> pd.DataFrame:
         torch.cuda.reset_peak_memory_stats(device)
     memory_before = _reset_peak_rss() if device.type != "cuda" else torch.cuda.memory_allocated(device) / 2**20
     pyro.set_rng_seed(args.seed)
-    _sync(device)
-    start = time.perf_counter()
-    result = log_marginal_likelihood(
-        model.model, model.guide, x, num_samples=num_samples, max_memory_bytes=int(args.max_memory_mb * 2**20)
-    )
-    _sync(device)
-    seconds = time.perf_counter() - start
+    with _Timer(device) as timer:
+        result = log_marginal_likelihood(
+            model.model, model.guide, x, num_samples=num_samples, max_memory_bytes=int(args.max_memory_mb * 2**20)
+        )
+    seconds = timer.seconds
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss()
 
     rows = result.chunk_shape[0] * result.chunk_shape[1]
-    mm_rate = matmul_rate(model, rows, device, args.mm_repeats)
+    mm_rate, mm_cpu_rate = matmul_rate(model, rows, device, args.mm_repeats)
     decoder_gflop = decoder_flops_per_sample(model) * num_samples * num_data / 1e9
     summary = result.to_frame()
     table = pd.DataFrame([{
@@ -167,6 +185,8 @@ def main(argv=None) -> pd.DataFrame:
         "decoder_gflops_per_s": decoder_gflop / seconds,
         "mm_gflops_per_s": mm_rate,
         "ratio_to_mm": decoder_gflop / seconds / mm_rate,
+        "cpu_seconds": timer.cpu_seconds,
+        "ratio_to_mm_cpu_time": decoder_gflop / timer.cpu_seconds / mm_cpu_rate,
         "peak_memory_mib": peak,
         "memory_before_mib": memory_before,
         "elbo": summary.loc[0, "elbo"],
