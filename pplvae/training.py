@@ -23,6 +23,7 @@ from torch import nn
 
 from pplvae.checkpoint import load_checkpoint, save_checkpoint, save_csv, save_json
 from pplvae.data import ImageData
+from pplvae.models import model_config
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         n = data.x_train.shape[0]
         steps = -(-n // self.config.batch_size)
-        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
+        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False,
+                   mininterval=1.0)
         seen = 0
         for i, (x, labels) in enumerate(bar):
             total += self.step(*self.model.batch_args(x, labels)) * x.shape[0]
@@ -188,6 +190,16 @@ class Trainer:
         return pd.DataFrame(self.history, columns=["epoch", "train_elbo", "test_elbo", "seconds"])
 
 
+def default_run_config(model: nn.Module, data: ImageData, config: TrainConfig) -> dict:
+    """The config saved with a run: the model's sizes, the data set and the training config."""
+    return {
+        "model": model_config(model),
+        "data": {"dataset": data.name, "binarized": data.binarized,
+                 "train_size": len(data.x_train), "test_size": len(data.x_test)},
+        "train": asdict(config),
+    }
+
+
 def fit(
     model: nn.Module,
     data: ImageData,
@@ -217,7 +229,8 @@ def fit(
         resume: continue the run in ``run_dir`` from its checkpoint up to
             ``config.epochs``; the result equals an uninterrupted run's.
         progress: show a tqdm progress bar with the running ELBO.
-        run_config: the JSON-ready config to save (model, data, training).
+        run_config: the JSON-ready config to save, ``{"model", "data", "train"}``;
+            default: :func:`default_run_config`.
         on_epoch: called with each epoch's metrics row.
 
     Returns:
@@ -247,8 +260,10 @@ def fit(
         logger.info("resuming %s after epoch %d", run_dir, trainer.epoch)
     else:
         pyro.set_rng_seed(config.seed)
+    if run_config is None:
+        run_config = default_run_config(model, data, config)
     if run_dir is not None:
-        save_json(run_dir / CONFIG, run_config or {"train": asdict(config)})
+        save_json(run_dir / CONFIG, run_config)
 
     with pyro.validation_enabled(config.validate):
         while trainer.epoch < config.epochs:
