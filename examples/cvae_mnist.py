@@ -23,11 +23,13 @@ def main():
     parser.add_argument("--num-samples", type=int, default=1000, help="importance samples per test image")
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--test-size", type=int)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=Path("runs/mnist-cvae"))
     args = parser.parse_args()
 
-    data = load_dataset("mnist", train_size=args.train_size, test_size=args.test_size)
-    config = TrainConfig(epochs=args.epochs)
+    data = load_dataset("mnist", args.data_dir, train_size=args.train_size, test_size=args.test_size)
+    config = TrainConfig(epochs=args.epochs, device=args.device)
     pyro.set_rng_seed(config.seed)
     cvae = CVAE(CVAEConfig(x_dim=data.x_dim, z_dim=50))
     run_config = {"model": model_config(cvae), "train": asdict(config),

@@ -27,10 +27,11 @@ def main():
     parser.add_argument("--test-size", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=Path("runs/quadrants"))
     args = parser.parse_args()
 
-    data = load_dataset("mnist", train_size=args.train_size, test_size=args.test_size)
+    data = load_dataset("mnist", args.data_dir, train_size=args.train_size, test_size=args.test_size)
     train = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device)
     table = run_quadrant_experiment(
         data, args.out, tuple(args.observed), train, baseline_epochs=args.baseline_epochs,

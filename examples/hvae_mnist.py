@@ -24,11 +24,13 @@ def main():
     parser.add_argument("--num-samples", type=int, default=1000, help="importance samples per test image")
     parser.add_argument("--train-size", type=int)
     parser.add_argument("--test-size", type=int)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=Path("runs/mnist-hvae"))
     args = parser.parse_args()
 
-    data = load_dataset("mnist", train_size=args.train_size, test_size=args.test_size)
-    config = TrainConfig(epochs=args.epochs)
+    data = load_dataset("mnist", args.data_dir, train_size=args.train_size, test_size=args.test_size)
+    config = TrainConfig(epochs=args.epochs, device=args.device)
     pyro.set_rng_seed(config.seed)
     hvae = HVAE(HVAEConfig(x_dim=data.x_dim))  # z1 of 100 and z2 of 50 units, 200-200 and 100-100 tanh
     run_config = {"model": model_config(hvae), "train": asdict(config),

@@ -152,8 +152,8 @@ def plot_run(model, data: ImageData, metrics: pd.DataFrame, run_dir: str | os.Pa
 
     ``samples.png`` (for models that sample images), ``reconstructions.png``,
     ``elbo.png``, for class-conditional models ``class_samples.png`` (one
-    row per class), and for a :class:`pplvae.VAE` with a 2-D latent space
-    ``manifold.png`` and ``latent_means.png``.
+    row per class), and for models that decode with :meth:`pplvae.VAE.decode`
+    (x from z alone) and a 2-D z ``manifold.png`` and ``latent_means.png``.
     """
     run_dir = Path(run_dir)
     x, labels = data.x_test, data.y_test
@@ -165,7 +165,7 @@ def plot_run(model, data: ImageData, metrics: pd.DataFrame, run_dir: str | os.Pa
         paths.append(plot_elbo_curves(metrics, run_dir / "elbo.png"))
     if hasattr(model, "sample_class_grid"):
         paths.append(plot_class_grid(model, data.image_shape, run_dir / "class_samples.png"))
-    if isinstance(model, VAE) and model.config.z_dim == 2:
+    if getattr(type(model), "decode", None) is VAE.decode and model.config.z_dim == 2:  # decode(z) of z alone
         paths.append(plot_latent_manifold(model, data.image_shape, run_dir / "manifold.png"))
         paths.append(plot_latent_means(model, x, labels, run_dir / "latent_means.png"))
     return paths
