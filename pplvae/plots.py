@@ -44,7 +44,13 @@ def _save_figure(fig, path) -> Path:
 
 @torch.no_grad()
 def plot_samples(model, image_shape, path, num_samples: int = 64) -> Path:
-    """A grid of ``num_samples`` means of p(x|z), z ~ p(z) (``model.sample_images``)."""
+    """A grid of ``num_samples`` means of p(x|z), z ~ p(z) (``model.sample_images``).
+
+    Raises:
+        ValueError: the model has no ``sample_images`` (it predicts from an input, as the quadrant models).
+    """
+    if not hasattr(model, "sample_images"):
+        raise ValueError(f"The {model.name} model has no p(x) to sample from; try `pplvae reconstruct`.")
     model.eval()
     return _save_grid(model.sample_images(num_samples), image_shape, path, nrow=int(num_samples**0.5))
 
