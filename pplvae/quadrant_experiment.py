@@ -20,7 +20,7 @@ p(y | x, z) as in Sohn et al., where the tutorial's sees z only.
 References:
     [1] K. Sohn, H. Lee, X. Yan (2015), "Learning Structured Output
         Representation using Deep Conditional Generative Models", NeurIPS,
-        section 5 and table 1 (negative CLL on MNIST quadrants).
+        section 5.1 (negative conditional log-likelihood on MNIST quadrants).
     [2] Pyro's CVAE tutorial (https://pyro.ai/examples/cvae.html): 50 epochs,
         negative ELBO on grey-scale targets, :data:`TUTORIAL_REFERENCE`.
 """

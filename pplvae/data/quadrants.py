@@ -9,7 +9,7 @@ left, 2 are the left half, 3 are all but the bottom right.
 References:
     [1] K. Sohn, H. Lee, X. Yan (2015), "Learning Structured Output
         Representation using Deep Conditional Generative Models", NeurIPS,
-        section 5 (MNIST quadrant prediction).
+        section 5.1 (MNIST quadrant prediction).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ References:
         section 3.1.2, model M2 with the label observed: p(z) p(x | y, z), q(z | x, y).
     [2] K. Sohn, H. Lee, X. Yan (2015), "Learning Structured Output
         Representation using Deep Conditional Generative Models", NeurIPS,
-        section 3, eq. (4), with the input there being the class y and the output the image x.
+        section 3, with the input there being the class y and the output the image x.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class CVAEConfig(VAEConfig):
 
 
 class CVAE(PyroModule):
-    """A class-conditional VAE: model p(z) p(x | z, y), guide q(z | x, y) ([1] M2, [2] eq. (4)).
+    """A class-conditional VAE: model p(z) p(x | z, y), guide q(z | x, y) ([1] M2, [2] section 3).
 
     model:  z ~ N(0, I),  x | z, y ~ Bernoulli(logits=f([z, y])) or N(mu([z, y]), sigma([z, y])^2)
     guide:  z | x, y ~ N(z_loc([x, y]), diag(z_scale([x, y])^2))

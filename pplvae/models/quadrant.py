@@ -9,9 +9,10 @@ with :func:`pplvae.fit` on plain MNIST.
 References:
     [1] K. Sohn, H. Lee, X. Yan (2015), "Learning Structured Output
         Representation using Deep Conditional Generative Models", NeurIPS:
-        section 3, eq. (4)-(5) (the CVAE and its bound on log p(y | x)),
-        section 3.3.2 (the baseline's prediction as the prior network's input),
-        section 5 (the MNIST quadrant task).
+        section 3 (the CVAE, its bound on log p(y | x) and the importance-sampling
+        estimate of the conditional log-likelihood), section 3.3 (the baseline
+        network's prediction fed to the prior network, and the CVAE initialised
+        from the trained baseline), section 5.1 (the MNIST quadrant task).
     [2] Pyro's CVAE tutorial, ``examples/cvae/`` (500-500 ReLU networks, z of
         200, a frozen pre-trained baseline feeding the prior network).
 """
@@ -100,7 +101,7 @@ class _QuadrantModel(PyroModule):
 
 
 class QuadrantBaseline(_QuadrantModel):
-    """The deterministic baseline: p(y | x) = prod_d Bernoulli(y_d; sigmoid(f_d(x))) ([1] section 5, "NN").
+    """The deterministic baseline: p(y | x) = prod_d Bernoulli(y_d; sigmoid(f_d(x))) ([1] section 5.1, "NN").
 
     A model with no latent variable and an empty guide: its ELBO is exactly
     log p(y | x), nats per image summed over the target pixels, so it trains
@@ -140,7 +141,7 @@ class QuadrantBaseline(_QuadrantModel):
 
 
 class QuadrantCVAE(_QuadrantModel):
-    """The CVAE of [1] eq. (4): prior network p(z | x), generation network p(y | x, z), guide q(z | x, y).
+    """The CVAE of [1] section 3: prior network p(z | x), generation network p(y | x, z), guide q(z | x, y).
 
     model:  z | x ~ N(mu([x, ŷ(x)]), diag(sigma([x, ŷ(x)])^2)),  y | x, z ~ Bernoulli(logits=g([x, z]))
     guide:  z | x, y ~ N(z_loc([x, y]), diag(z_scale([x, y])^2))
@@ -148,7 +149,7 @@ class QuadrantCVAE(_QuadrantModel):
     ŷ(x) is the prediction of a trained :class:`QuadrantBaseline` held inside
     the model with its weights frozen (``self.baseline``): the prior network
     sees the observed pixels and the baseline's guess for the rest ([1]
-    section 3.3.2; Pyro's tutorial does the same). :meth:`init_from_baseline`
+    section 3.3; Pyro's tutorial does the same). :meth:`init_from_baseline`
     also makes the generation network start as the baseline, so training
     starts from the baseline's p(y | x) and the ELBO bounds log p(y | x) in
     nats per image, summed over the target pixels. Sites, in the plate
