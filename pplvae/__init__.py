@@ -14,14 +14,18 @@ pyro.settings.set(module_local_params=True)
 from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
 from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
-from pplvae.models import MODELS, VAE, VAEConfig, build_model  # noqa: E402
+from pplvae.models import CVAE, HVAE, MODELS, VAE, CVAEConfig, HVAEConfig, VAEConfig, build_model  # noqa: E402
 from pplvae.runs import Run, load_run  # noqa: E402
 from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CVAE",
+    "CVAEConfig",
     "DataNotFoundError",
+    "HVAE",
+    "HVAEConfig",
     "ImageData",
     "MODELS",
     "MarginalLikelihood",
