@@ -155,6 +155,11 @@ class QuadrantCVAE(_QuadrantModel):
     nats per image, summed over the target pixels. Sites, in the plate
     ``"data"``: ``"z"`` (N, z_dim) and the observed ``"y"`` (N, D_y).
 
+    ``pplvae train --model quadrant-cvae`` fits it alone, with the baseline
+    left at its random initial weights; the paper's protocol (baseline
+    first, then the CVAE started from it) is ``pplvae quadrants``
+    (:func:`pplvae.quadrant_experiment.run_quadrant_experiment`).
+
     Example:
         >>> cvae = QuadrantCVAE(QuadrantConfig(x_dim=784, observed_quadrants=3))
         >>> args = cvae.batch_args(torch.zeros(3, 784))
