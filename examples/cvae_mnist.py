@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyro
 
-from pplvae import CVAE, CVAEConfig, TrainConfig, fit, load_dataset
+from pplvae import CVAE, CVAEConfig, TrainConfig, fit, load_dataset, log_marginal_likelihood
 from pplvae.models import model_config
 from pplvae.plots import plot_run
 
@@ -37,8 +37,6 @@ def main():
     metrics = fit(cvae, data, config, args.out, run_config=run_config,
                   on_epoch=lambda row: print(f"epoch {row['epoch']}: test ELBO {row['test_elbo']:.2f} nats"))
     print("pictures:", *plot_run(cvae, data.to(cvae.prior_loc.device), metrics, args.out))  # class_samples.png
-
-    from pplvae.marginal import log_marginal_likelihood
 
     x, y = cvae.batch_args(data.x_test.to(cvae.prior_loc.device), data.y_test.to(cvae.prior_loc.device))
     estimate = log_marginal_likelihood(cvae.model, cvae.guide, x, y, num_samples=args.num_samples)

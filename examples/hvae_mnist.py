@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyro
 
-from pplvae import HVAE, HVAEConfig, TrainConfig, fit, load_dataset
+from pplvae import HVAE, HVAEConfig, TrainConfig, fit, load_dataset, log_marginal_likelihood
 from pplvae.active_units import active_units
 from pplvae.models import model_config
 from pplvae.plots import plot_run
@@ -38,8 +38,6 @@ def main():
     metrics = fit(hvae, data, config, args.out, run_config=run_config,
                   on_epoch=lambda row: print(f"epoch {row['epoch']}: test ELBO {row['test_elbo']:.2f} nats"))
     print("pictures:", *plot_run(hvae, data.to(hvae.prior_loc.device), metrics, args.out))
-
-    from pplvae.marginal import log_marginal_likelihood
 
     x_test = data.x_test.to(hvae.prior_loc.device)
     estimate = log_marginal_likelihood(hvae.model, hvae.guide, x_test, num_samples=args.num_samples)

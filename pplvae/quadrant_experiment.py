@@ -39,6 +39,7 @@ import torch
 
 from pplvae.checkpoint import save_csv
 from pplvae.data import ImageData
+from pplvae.marginal import log_marginal_likelihood
 from pplvae.models import QuadrantBaseline, QuadrantConfig, QuadrantCVAE, model_config
 from pplvae.plots import plot_quadrant_predictions
 from pplvae.training import TrainConfig, fit
@@ -76,8 +77,6 @@ def evaluate_quadrants(
         (-log p̂(y | x) with K = ``num_samples``) and its standard error
         ``cvae_nll_stderr``: means over the N images of sums over the target pixels.
     """
-    from pplvae.marginal import log_marginal_likelihood
-
     baseline.eval()
     cvae.eval()
     args = cvae.batch_args(x)

@@ -1,13 +1,11 @@
 """The variants as edits of the VAE: the class-conditional VAE, the quadrant CVAE and its baseline, the two-layer VAE.
 
 Real-data tests use the first images of MNIST (conftest's ``data_dir``: skipped
-when it is missing, failed under CI); those that need the generic importance-sampling
-estimator (``pplvae.marginal``) are skipped until it is there.
+when it is missing, failed under CI). Log-likelihoods are estimated by the
+generic estimator :func:`pplvae.log_marginal_likelihood`, unchanged for every variant.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import pyro
 import pytest
@@ -15,28 +13,25 @@ import torch
 from pyro import poutine
 from torch.nn import functional as F
 
-from pplvae import CVAE, HVAE, CVAEConfig, HVAEConfig, TrainConfig, fit, load_dataset
+from pplvae import CVAE, HVAE, CVAEConfig, HVAEConfig, TrainConfig, fit, load_dataset, log_marginal_likelihood
 from pplvae.active_units import active_units, latent_mean_variances
 from pplvae.cli import main as cli_main
 from pplvae.data.quadrants import join_quadrants, quadrant_mask, split_quadrants
 from pplvae.models import QuadrantBaseline, QuadrantConfig, QuadrantCVAE, build_model
 
-needs_estimator = pytest.mark.skipif(
-    importlib.util.find_spec("pplvae.marginal") is None,
-    reason="the generic estimator pplvae.log_marginal_likelihood has not landed on this branch yet",
-)
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the networks are small, and on a shared CPU thread hand-offs cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def mnist(data_dir):
     """The first 3000 training and 500 test images of binarized MNIST (conftest's ``data_dir``)."""
     return load_dataset("mnist", data_dir, train_size=3000, test_size=500)
-
-
-def log_marginal_likelihood(*args, **kwargs):
-    from pplvae.marginal import log_marginal_likelihood
-
-    return log_marginal_likelihood(*args, **kwargs)
 
 
 def sample_shapes(model, *args) -> dict[str, tuple[int, ...]]:
@@ -133,7 +128,6 @@ def test_active_units_count_the_units_whose_mean_moves_with_x():
     assert counts["z1"] == 0 and latent_mean_variances(hvae.guide, x)["z1"].abs().max() < 1e-12
 
 
-@needs_estimator
 @pytest.mark.parametrize("name", sorted(SITES))
 def test_generic_estimator_gives_finite_per_datapoint_estimates(name):
     model = build_model(name, x_dim=784, hidden_dims=(32,), z_dim=5)
@@ -165,7 +159,6 @@ def test_class_conditional_samples_change_class_with_y(trained_cvae, mnist):
     assert accuracy > 0.5, f"only {accuracy:.0%} of the samples look like their class (chance: 10%)"
 
 
-@needs_estimator
 def test_class_conditional_bounds_are_ordered(trained_cvae, mnist):
     args = trained_cvae.batch_args(mnist.x_test[:100], mnist.y_test[:100])
     estimate = log_marginal_likelihood(trained_cvae.model, trained_cvae.guide, *args, num_samples=200)
@@ -197,7 +190,6 @@ def test_quadrant_cvae_beats_its_baseline_on_the_test_set(quadrant_pair, mnist):
     assert cvae_neg_elbo < baseline_nll - 1.0, (cvae_neg_elbo, baseline_nll)
 
 
-@needs_estimator
 def test_quadrant_conditional_log_likelihood_bounds_are_ordered(quadrant_pair, mnist):
     baseline, cvae = quadrant_pair
     args = cvae.batch_args(mnist.x_test[:100])
@@ -219,7 +211,6 @@ def test_command_line_trains_each_variant_on_mnist(name, data_dir, tmp_path, cap
     assert (out / "class_samples.png").exists() == (name == "cvae")
 
 
-@needs_estimator
 def test_command_line_runs_the_quadrant_experiment(data_dir, tmp_path):
     import pandas as pd
 
@@ -232,14 +223,17 @@ def test_command_line_runs_the_quadrant_experiment(data_dir, tmp_path):
     assert (tmp_path / "quadrants_q3.png").exists() and (tmp_path / "q3-cvae" / "checkpoint.pt").exists()
 
 
-@pytest.mark.slow
-@needs_estimator
 @pytest.mark.parametrize("script", ["cvae_mnist.py", "hvae_mnist.py", "cvae_quadrants.py"])
-def test_example_scripts_run(script, data_dir, tmp_path):
-    """Each example, with tiny flags, in a subprocess (as tests/test_examples.py does for the VAE)."""
-    from test_examples import run_example
+def test_example_scripts_run(script, data_dir, tmp_path, monkeypatch, capsys):
+    """Each example as ``python examples/SCRIPT`` with tiny flags, in this process (no second torch import)."""
+    import runpy
+    import sys
+    from pathlib import Path
 
     flags = ["--epochs", "1", "--train-size", "300", "--test-size", "20", "--num-samples", "5", "--device", "cpu"]
     flags += ["--observed", "3"] if script == "cvae_quadrants.py" else []
-    out = run_example(script, *flags, "--out", str(tmp_path / "run"), data_dir=data_dir)
-    assert "nats" in out or "quadrants.csv" in out
+    path = Path(__file__).resolve().parents[1] / "examples" / script
+    monkeypatch.setattr(sys, "argv", [str(path), *flags, "--data-dir", str(data_dir), "--out", str(tmp_path / "run")])
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "log_px" in out or "quadrants.csv" in out
