@@ -31,11 +31,12 @@ from pyro.infer import RenyiELBO
 from pyro.infer.util import check_fully_reparametrized
 
 from pplvae.objectives.terms import kl_term, log_weights, reconstruction
+from pplvae.objectives.warmup import FixedBeta
 
 __all__ = ["IWAE_ELBO"]
 
 
-class IWAE_ELBO(RenyiELBO):
+class IWAE_ELBO(FixedBeta, RenyiELBO):
     """:class:`~pyro.infer.RenyiELBO` at ``alpha = 0`` with a differentiable loss.
 
     :param num_particles: K, the number of importance samples per datapoint.
@@ -50,6 +51,8 @@ class IWAE_ELBO(RenyiELBO):
     than 1 (including a KL warm-up) raises ``ValueError``.
     """
 
+    objective_name = "the IWAE objective"
+
     def __init__(self, num_particles: int = 5, vectorize_particles: bool = True, **kwargs):
         if num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {num_particles}")
@@ -60,17 +63,6 @@ class IWAE_ELBO(RenyiELBO):
             **kwargs,
         )
 
-    @property
-    def beta(self) -> float:
-        return 1.0
-
-    @beta.setter
-    def beta(self, value: float) -> None:
-        if value != 1.0:
-            raise ValueError(
-                "the IWAE objective has no KL weight: beta must be 1 "
-                f"(got {value}); use objective 'elbo' or 'elbo-analytic' for beta / KL warm-up"
-            )
 
     def _traces(self, model, guide, args, kwargs):
         traces = list(self._get_traces(model, guide, args, kwargs))

@@ -53,6 +53,7 @@ from pyro.infer.util import torch_item
 from pyro.util import warn_if_nan
 
 from pplvae.objectives.terms import latent_sites, reconstruction
+from pplvae.objectives.warmup import FixedBeta
 
 __all__ = ["KERNELS", "kernel_matrix", "mmd", "MMD_VAE"]
 
@@ -137,7 +138,7 @@ def _rows_along_data_plate(site) -> torch.Tensor:
     )
 
 
-class MMD_VAE(ELBO):
+class MMD_VAE(FixedBeta, ELBO):
     """The MMD-VAE loss ``-L_MMD`` (see the module docstring), usable with
     :class:`~pyro.infer.SVI` or through ``differentiable_loss``.
 
@@ -157,6 +158,8 @@ class MMD_VAE(ELBO):
     ``ValueError``.
     """
 
+    objective_name = "the MMD objective"
+
     def __init__(
         self,
         mmd_weight: float = 1000.0,
@@ -175,17 +178,6 @@ class MMD_VAE(ELBO):
         self.bandwidth = bandwidth
         self.unbiased = unbiased
 
-    @property
-    def beta(self) -> float:
-        return 1.0
-
-    @beta.setter
-    def beta(self, value: float) -> None:
-        if value != 1.0:
-            raise ValueError(
-                f"the MMD objective has no KL weight: beta must be 1 (got {value}); "
-                "use mmd_weight to weight its latent term"
-            )
 
     def _get_trace(self, model, guide, args, kwargs):
         return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)

@@ -16,7 +16,7 @@ References:
 
 from __future__ import annotations
 
-__all__ = ["kl_warmup_weight"]
+__all__ = ["FixedBeta", "kl_warmup_weight"]
 
 
 def kl_warmup_weight(step_or_epoch: float, warmup: float, target: float = 1.0) -> float:
@@ -38,3 +38,26 @@ def kl_warmup_weight(step_or_epoch: float, warmup: float, target: float = 1.0) -
     if warmup == 0:
         return float(target)
     return float(target) * min(1.0, step_or_epoch / warmup)
+
+
+class FixedBeta:
+    """Mixin for objectives without a KL term to weight (IWAE, MMD-VAE).
+
+    They still expose ``beta`` so a trainer can treat all objectives alike;
+    it reads 1, assigning 1 is a no-op (a finished warm-up), and assigning
+    anything else raises ``ValueError`` naming the objective.
+    """
+
+    objective_name = "this objective"
+
+    @property
+    def beta(self) -> float:
+        return 1.0
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        if value != 1.0:
+            raise ValueError(
+                f"{self.objective_name} has no KL weight: beta must be 1 (got {value}); "
+                "beta and KL warm-up apply to 'elbo' and 'elbo-analytic'"
+            )
