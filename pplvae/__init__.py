@@ -1,17 +1,44 @@
-"""pplvae: variational autoencoders written as Pyro model/guide pairs."""
+"""pplvae: variational autoencoders written as Pyro model/guide pairs.
 
-from pplvae.objectives import (
-    OBJECTIVES,
-    kl_warmup_weight,
-    make_objective,
-    mmd,
-    scale_latents,
-)
+Importing pplvae turns on Pyro's module-local parameters
+(``pyro.settings.set(module_local_params=True)``): each ``PyroModule`` keeps its
+own parameters, as a ``torch.nn.Module`` does, instead of sharing them by name
+through Pyro's global parameter store. Two models in one process then never
+share weights, and ``state_dict()``, ``.to(device)`` and ``torch.optim`` just work.
+"""
+
+import pyro
+
+pyro.settings.set(module_local_params=True)
+
+from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
+from pplvae.models import MODELS, VAE, VAEConfig, build_model  # noqa: E402
+from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
+from pplvae.runs import Run, load_run  # noqa: E402
+from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E402
+
+__version__ = "0.1.0"
 
 __all__ = [
+    "DataNotFoundError",
+    "ImageData",
+    "MODELS",
     "OBJECTIVES",
+    "NegativeELBO",
+    "Run",
+    "TrainConfig",
+    "Trainer",
+    "VAE",
+    "VAEConfig",
+    "build_model",
+    "fit",
     "kl_warmup_weight",
+    "load_checkpoint",
+    "load_dataset",
+    "load_run",
     "make_objective",
     "mmd",
+    "save_checkpoint",
     "scale_latents",
 ]

@@ -1,0 +1,143 @@
+"""The ``pplvae`` command: train, sample, reconstruct. Thin: it parses flags and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pyro
+
+from pplvae.data import DATASETS, IMAGE_SHAPES, DataNotFoundError, load_dataset
+from pplvae.models import MODELS, build_model, model_config
+from pplvae.networks import ACTIVATIONS, DECODERS
+from pplvae.plots import plot_reconstructions, plot_run, plot_samples
+from pplvae.runs import load_run
+from pplvae.training import TrainConfig, fit
+
+DEFAULT_LIKELIHOOD = {"mnist": "bernoulli", "freyface": "gaussian"}
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder holding the data (default: $PPLVAE_DATA_DIR, then ~/.cache/pplvae)")
+    parser.add_argument("--download", action="store_true", help="download MNIST if no folder holds it")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pplvae", description="VAEs as Pyro model/guide pairs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the library's progress")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="fit a model by SVI and write a run folder")
+    train.add_argument("--dataset", choices=DATASETS, default="mnist")
+    train.add_argument("--model", choices=sorted(MODELS), default="vae")
+    train.add_argument("--z-dim", type=int, default=50)
+    train.add_argument("--hidden-dims", type=int, nargs="+", default=[200, 200], metavar="H")
+    train.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh")
+    train.add_argument("--likelihood", choices=sorted(DECODERS),
+                       help="default: bernoulli for mnist (binarized), gaussian for freyface")
+    train.add_argument("--epochs", type=int, default=10, help="total epochs (also when resuming)")
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--train-size", type=int, help="use only the first N training images")
+    train.add_argument("--test-size", type=int, help="use only the first N test images")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/DATASET-MODEL)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_data_flags(train)
+
+    sample = commands.add_parser("sample", help="write a grid of samples from p(x) of a trained run")
+    sample.add_argument("run", type=Path)
+    sample.add_argument("--num-samples", type=int, default=64)
+    sample.add_argument("--out", type=Path, help="PNG path (default: RUN/samples.png)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default="auto")
+
+    recon = commands.add_parser("reconstruct", help="write test images beside their reconstructions")
+    recon.add_argument("run", type=Path)
+    recon.add_argument("--num-images", type=int, default=16)
+    recon.add_argument("--out", type=Path, help="PNG path (default: RUN/reconstructions.png)")
+    recon.add_argument("--device", default="auto")
+    _add_data_flags(recon)
+    return parser
+
+
+def train(args: argparse.Namespace) -> None:
+    run_dir = args.out or Path("runs") / f"{args.dataset}-{args.model}"
+    if args.resume:
+        previous = load_run(run_dir, device="cpu").config
+        run_config = {**previous, "train": {**previous["train"], "epochs": args.epochs}}
+    else:
+        likelihood = args.likelihood or DEFAULT_LIKELIHOOD[args.dataset]
+        train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                                   seed=args.seed, device=args.device)
+        run_config = {
+            "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
+                      "activation": args.activation, "likelihood": likelihood},
+            "data": {"dataset": args.dataset, "binarized": likelihood == "bernoulli",
+                     "train_size": args.train_size, "test_size": args.test_size},
+            "train": asdict(train_config),
+        }
+    config = TrainConfig(**run_config["train"])
+    data = load_dataset(run_config["data"]["dataset"], args.data_dir, args.download,
+                        **{k: v for k, v in run_config["data"].items() if k != "dataset"})
+    pyro.set_rng_seed(config.seed)
+    model = build_model(**{"x_dim": data.x_dim, **run_config["model"]})
+    run_config["model"] = model_config(model)
+
+    def report(row):
+        print(f"epoch {row['epoch']:3d}/{config.epochs}  train ELBO {row['train_elbo']:9.2f}  "
+              f"test ELBO {row['test_elbo']:9.2f} nats/datapoint  ({row['seconds']:.1f} s)", flush=True)
+
+    print(f"training {run_config['model']['name']} on {data.name} "
+          f"({len(data.x_train)} train / {len(data.x_test)} test images) into {run_dir}", flush=True)
+    start = time.perf_counter()
+    metrics = fit(model, data, config, run_dir, resume=args.resume, progress=not args.no_progress,
+                  run_config=run_config, on_epoch=report)
+    seconds = time.perf_counter() - start
+    paths = plot_run(model, data.to(next(model.parameters()).device), metrics, run_dir)
+    print(f"final test ELBO: {metrics['test_elbo'].iloc[-1]:.2f} nats per datapoint "
+          f"after {len(metrics)} epochs ({seconds:.0f} s)")
+    print("pictures: " + ", ".join(str(p) for p in paths))
+
+
+def sample(args: argparse.Namespace) -> None:
+    run = load_run(args.run, args.device)
+    pyro.set_rng_seed(args.seed)
+    image_shape = IMAGE_SHAPES[run.config["data"]["dataset"]]
+    print(plot_samples(run.model, image_shape, args.out or args.run / "samples.png", args.num_samples))
+
+
+def reconstruct(args: argparse.Namespace) -> None:
+    run = load_run(args.run, args.device)
+    data = run.load_data(args.data_dir, args.download)
+    out = args.out or args.run / "reconstructions.png"
+    print(plot_reconstructions(run.model, data.x_test, data.y_test, data.image_shape, out, args.num_images))
+
+
+COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pplvae`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, DataNotFoundError, FileExistsError, FileNotFoundError) as error:
+        print(f"pplvae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\npplvae {args.command}: interrupted; the last good checkpoint and metrics.csv are kept "
+              f"(continue with --resume).", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Model/guide pairs, by name."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from pplvae.models.vae import VAE, VAEConfig
+
+#: Model classes by the name the command line and saved configs use.
+MODELS = {VAE.name: VAE}
+
+
+def build_model(name: str, **config) -> VAE:
+    """Build a model by name from its config fields (as saved in a run's ``config.json``).
+
+    Raises:
+        ValueError: an unknown model name, or a config the model rejects.
+    """
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    cls = MODELS[name]
+    return cls(cls.config_class(**config))
+
+
+def model_config(model) -> dict:
+    """A model's config as a JSON-ready dict, with its ``name``."""
+    return {"name": model.name, **asdict(model.config)}
+
+
+__all__ = ["MODELS", "VAE", "VAEConfig", "build_model", "model_config"]

@@ -1,0 +1,100 @@
+"""Neural networks of the encoder and decoders: MLPs that output distribution parameters."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
+
+
+def mlp(in_dim: int, hidden_dims: Sequence[int], activation: str = "tanh") -> nn.Sequential:
+    """A stack of Linear + activation layers, ``in_dim -> hidden_dims[0] -> ... -> hidden_dims[-1]``.
+
+    Raises:
+        ValueError: an unknown activation name.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}.")
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip([in_dim, *hidden_dims], hidden_dims):
+        layers += [nn.Linear(d_in, d_out), ACTIVATIONS[activation]()]
+    return nn.Sequential(*layers)
+
+
+class GaussianEncoder(nn.Module):
+    """q(z | x) = N(z; loc(x), diag(scale(x)^2)), an MLP (Kingma & Welling 2013, appendix C.2).
+
+    ``forward(x)`` maps (..., in_dim) to ``(z_loc, z_scale)``, each (..., z_dim);
+    ``z_scale`` is a standard deviation, ``exp`` of the network's log-scale output.
+    """
+
+    def __init__(self, in_dim: int, z_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
+        super().__init__()
+        self.body = mlp(in_dim, hidden_dims, activation)
+        self.loc_scale = nn.Linear(hidden_dims[-1] if hidden_dims else in_dim, 2 * z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z_loc, z_log_scale = self.loc_scale(self.body(x)).chunk(2, dim=-1)
+        return z_loc, z_log_scale.exp()
+
+
+class BernoulliDecoder(nn.Module):
+    """p(x | z) = prod_d Bernoulli(x_d; sigmoid(logits_d(z))), an MLP (Kingma & Welling 2013, C.1).
+
+    ``forward(z)`` maps (..., z_dim) to a distribution with batch shape (...) and
+    event shape (x_dim,); ``mean(z)`` gives the pixel probabilities (..., x_dim).
+    """
+
+    def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
+        super().__init__()
+        self.body = mlp(z_dim, hidden_dims, activation)
+        self.logits = nn.Linear(hidden_dims[-1] if hidden_dims else z_dim, x_dim)
+
+    def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
+        logits = self.logits(self.body(z))
+        return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(self.body(z)))
+
+
+class GaussianDecoder(nn.Module):
+    """p(x | z) = N(x; loc(z), diag(scale(z)^2)), an MLP (Kingma & Welling 2013, appendix C.2).
+
+    ``loc`` passes through a sigmoid since pixels lie in [0, 1]; ``scale`` is
+    ``softplus(.) + min_scale`` so the density stays bounded (``min_scale`` in
+    pixel units, default 0.01). ``forward(z)`` returns a distribution with
+    event shape (x_dim,); ``mean(z)`` gives ``loc`` (..., x_dim).
+    """
+
+    def __init__(
+        self,
+        z_dim: int,
+        x_dim: int,
+        hidden_dims: Sequence[int],
+        activation: str = "tanh",
+        min_scale: float = 0.01,
+    ):
+        super().__init__()
+        self.body = mlp(z_dim, hidden_dims, activation)
+        self.loc_scale = nn.Linear(hidden_dims[-1] if hidden_dims else z_dim, 2 * x_dim)
+        self.min_scale = min_scale
+
+    def _loc_scale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, scale = self.loc_scale(self.body(z)).chunk(2, dim=-1)
+        return torch.sigmoid(loc), F.softplus(scale) + self.min_scale
+
+    def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
+        loc, scale = self._loc_scale(z)
+        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        return self._loc_scale(z)[0]
+
+
+DECODERS = {"bernoulli": BernoulliDecoder, "gaussian": GaussianDecoder}

@@ -1,0 +1,282 @@
+"""Fitting a model/guide pair by stochastic variational inference, with checkpoints and metrics.
+
+References:
+    [1] Kingma & Welling (2013), "Auto-Encoding Variational Bayes", algorithm 1.
+    [2] Ranganath, Gerrish & Blei (2014), "Black Box Variational Inference".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+from torch import nn
+
+from pplvae.checkpoint import load_checkpoint, save_checkpoint, save_csv, save_json
+from pplvae.data import ImageData
+from pplvae.models import model_config
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+CONFIG = "config.json"
+
+
+@dataclass
+class TrainConfig:
+    """How to fit: the optimiser, the schedule, the seed and the device.
+
+    Attributes:
+        epochs: passes over the training set (the total, also when resuming).
+        batch_size: datapoints per SVI step.
+        learning_rate: Adam's step size.
+        seed: seeds torch, Python and NumPy (``pyro.set_rng_seed``): the same
+            seed and config give the same numbers on the same machine.
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        eval_batch_size: datapoints per chunk when computing the test ELBO.
+        validate: Pyro's distribution and trace checks in every step; off by
+            default since the data are checked once up front.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 1000
+    validate: bool = False
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
+        resolve_device(self.device)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` gives CUDA when available, else the CPU; other names pass through.
+
+    Raises:
+        ValueError: a CUDA device asked for where torch sees none, or a bad name.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"Unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:N]'.") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto.")
+    return device
+
+
+class NegativeELBO(nn.Module):
+    """The loss of one SVI step as a torch module: -ELBO per datapoint, in nats.
+
+    ``forward(*args)`` calls ``objective.differentiable_loss(model.model,
+    model.guide, *args)`` (a Pyro ELBO: summed over the minibatch) and divides
+    by the minibatch size ``args[0].shape[0]``, so gradients are per-datapoint
+    averages. Being an ``nn.Module`` that owns the model's parameters, it can
+    be wrapped in ``torch.nn.parallel.DistributedDataParallel`` unchanged for
+    data-parallel training under ``torchrun``.
+    """
+
+    def __init__(self, model: nn.Module, objective=None):
+        super().__init__()
+        self.model = model
+        self.objective = objective if objective is not None else Trace_ELBO()
+
+    def forward(self, *args) -> torch.Tensor:
+        loss = self.objective.differentiable_loss(self.model.model, self.model.guide, *args)
+        return loss / args[0].shape[0]
+
+
+class Trainer:
+    """SVI for a model/guide pair: ``Trace_ELBO`` gradients, ``torch.optim.Adam``.
+
+    The model is a ``PyroModule`` with module-local parameters (the VAE and
+    its variants), so the optimiser holds ``model.parameters()`` directly and
+    nothing goes through Pyro's global parameter store.
+
+    Args:
+        model: exposes ``model(*args)``, ``guide(*args)`` and
+            ``batch_args(x, labels) -> args``.
+        config: :class:`TrainConfig`.
+        objective: a Pyro ELBO (anything with ``differentiable_loss``);
+            default ``Trace_ELBO()`` (reparameterized single-sample gradients).
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, objective=None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.loss = NegativeELBO(self.model, objective)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def step(self, *args) -> torch.Tensor:
+        """One SVI step on a minibatch; returns the detached -ELBO per datapoint (no host sync)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(*args)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def train_epoch(self, data: ImageData, progress: bool = False) -> float:
+        """One pass over the training set; returns its mean ELBO per datapoint (nats)."""
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        batches = data.train_batches(self.config.batch_size)
+        total = torch.zeros((), device=self.device)
+        n = data.x_train.shape[0]
+        steps = -(-n // self.config.batch_size)
+        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
+        seen = 0
+        for i, (x, labels) in enumerate(bar):
+            total += self.step(*self.model.batch_args(x, labels)) * x.shape[0]
+            seen += x.shape[0]
+            if progress and (i % 50 == 0 or i == steps - 1):
+                bar.set_postfix(elbo=f"{-total.item() / seen:.2f}")
+        return -total.item() / n
+
+    @torch.no_grad()
+    def evaluate(self, data: ImageData) -> float:
+        """The test set's ELBO per datapoint (nats), one sample of z per datapoint."""
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        for x, labels in data.test_batches(self.config.eval_batch_size):
+            total += self.loss(*self.model.batch_args(x, labels)) * x.shape[0]
+        return -total.item() / data.x_test.shape[0]
+
+    def state_dict(self) -> dict:
+        rng = {"pyro": pyro.util.get_rng_state(), "python": random.getstate()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        pyro.util.set_rng_state(state["rng"]["pyro"])
+        random.setstate(state["rng"]["python"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    def metrics(self) -> pd.DataFrame:
+        """Per-epoch metrics: epoch, train_elbo, test_elbo (nats per datapoint), seconds."""
+        return pd.DataFrame(self.history, columns=["epoch", "train_elbo", "test_elbo", "seconds"])
+
+
+def default_run_config(model: nn.Module, data: ImageData, config: TrainConfig) -> dict:
+    """The config saved with a run: the model's sizes, the data set and the training config."""
+    return {
+        "model": model_config(model),
+        "data": {"dataset": data.name, "binarized": data.binarized,
+                 "train_size": len(data.x_train), "test_size": len(data.x_test)},
+        "train": asdict(config),
+    }
+
+
+def fit(
+    model: nn.Module,
+    data: ImageData,
+    config: TrainConfig,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    run_config: dict | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> pd.DataFrame:
+    """Fit ``model`` to ``data`` by SVI and return the per-epoch metrics.
+
+    After every epoch the test ELBO is computed and, when ``run_dir`` is given,
+    ``checkpoint.pt`` (model, optimiser, epoch, RNG states, metrics so far) and
+    ``metrics.csv`` are written atomically, so a crash or Ctrl-C leaves the last
+    good checkpoint and the metrics so far. ``config.json`` holds
+    ``run_config`` (default: the training config) beside them.
+
+    Args:
+        model: a model/guide pair such as :class:`pplvae.VAE`, already built
+            (seed torch with ``pyro.set_rng_seed(config.seed)`` before building
+            it for reproducible initial weights).
+        data: the data set, on any device (moved to the training device).
+        config: :class:`TrainConfig`.
+        run_dir: folder for the checkpoint, metrics and config; None keeps
+            everything in memory.
+        resume: continue the run in ``run_dir`` from its checkpoint up to
+            ``config.epochs``; the result equals an uninterrupted run's.
+        progress: show a tqdm progress bar with the running ELBO.
+        run_config: the JSON-ready config to save, ``{"model", "data", "train"}``;
+            default: :func:`default_run_config`.
+        on_epoch: called with each epoch's metrics row.
+
+    Returns:
+        DataFrame with one row per epoch: ``epoch``, ``train_elbo``,
+        ``test_elbo`` (nats per datapoint; higher is better), ``seconds``.
+
+    Raises:
+        ValueError: the data's width does not match the model's ``x_dim``.
+        FileExistsError: ``run_dir`` holds a run and ``resume`` is False.
+        FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
+    """
+    x_dim = getattr(getattr(model, "config", None), "x_dim", data.x_dim)
+    if x_dim != data.x_dim:
+        raise ValueError(
+            f"The model expects x_dim={x_dim} but {data.name} images have {data.x_dim} pixels; "
+            f"build the model with x_dim={data.x_dim}."
+        )
+    run_dir = None if run_dir is None else Path(run_dir)
+    if run_dir is not None and not resume and (run_dir / CHECKPOINT).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder.")
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT) if resume else None
+
+    trainer = Trainer(model, config)
+    data = data.to(trainer.device)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+        logger.info("resuming %s after epoch %d", run_dir, trainer.epoch)
+    else:
+        pyro.set_rng_seed(config.seed)
+    if run_config is None:
+        run_config = default_run_config(model, data, config)
+    if run_dir is not None:
+        save_json(run_dir / CONFIG, run_config)
+
+    with pyro.validation_enabled(config.validate):
+        while trainer.epoch < config.epochs:
+            start = time.perf_counter()
+            train_elbo = trainer.train_epoch(data, progress)
+            test_elbo = trainer.evaluate(data)
+            trainer.epoch += 1
+            row = dict(epoch=trainer.epoch, train_elbo=train_elbo, test_elbo=test_elbo,
+                       seconds=time.perf_counter() - start)
+            trainer.history.append(row)
+            logger.info("epoch %(epoch)d: train ELBO %(train_elbo).2f, test ELBO %(test_elbo).2f nats", row)
+            if run_dir is not None:
+                save_checkpoint(run_dir / CHECKPOINT, {**trainer.state_dict(), "config": run_config})
+                save_csv(run_dir / METRICS, trainer.metrics())
+            if on_epoch is not None:
+                on_epoch(row)
+    return trainer.metrics()
