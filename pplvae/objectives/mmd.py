@@ -52,7 +52,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import torch_item
 from pyro.util import warn_if_nan
 
-from pplvae.objectives.terms import latent_sites, reconstruction
+from pplvae.objectives.terms import kl_term, latent_sites, reconstruction
 from pplvae.objectives.warmup import FixedBeta
 
 __all__ = ["KERNELS", "kernel_matrix", "mmd", "MMD_VAE"]
@@ -190,12 +190,12 @@ class MMD_VAE(FixedBeta, ELBO):
             z_q = _rows_along_data_plate(guide_trace.nodes[name])  # (N, D)
             z_p = _rows_along_data_plate(prior_trace.nodes[name])  # (N, D)
             latent = latent + z_q.shape[0] * mmd(z_q, z_p, self.kernel, self.bandwidth, self.unbiased)
-        return reconstruction(model_trace), latent
+        return reconstruction(model_trace), latent, (model_trace, guide_trace)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """``-(sum_n log p(x_n|z_n) - N * lambda * MMD^2)`` in nats-scale units,
         summed over the minibatch, differentiable."""
-        recon, latent = self._terms(model, guide, args, kwargs)
+        recon, latent, _ = self._terms(model, guide, args, kwargs)
         loss = -(recon - self.mmd_weight * latent)
         warn_if_nan(loss, "loss")
         return loss
@@ -218,7 +218,11 @@ class MMD_VAE(FixedBeta, ELBO):
             ``mmd`` = N * MMD^2 (so ``mmd / N`` is the minibatch MMD^2,
             unweighted);
             ``total`` = ``reconstruction - mmd_weight * mmd``, the objective,
-            whose negative ``differentiable_loss`` returns for the same draws.
+            whose negative ``differentiable_loss`` returns for the same draws;
+            ``kl`` = the one-draw KL(q(z|x) || p(z)) (nats), not part of the
+            objective, reported so that ``reconstruction - kl`` gives the
+            ELBO of an MMD-trained model.
         """
-        recon, latent = self._terms(model, guide, args, kwargs)
-        return {"reconstruction": recon, "mmd": latent, "total": recon - self.mmd_weight * latent}
+        recon, latent, (model_trace, guide_trace) = self._terms(model, guide, args, kwargs)
+        total = recon - self.mmd_weight * latent
+        return {"reconstruction": recon, "mmd": latent, "kl": kl_term(model_trace, guide_trace), "total": total}
