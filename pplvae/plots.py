@@ -93,9 +93,10 @@ def plot_latent_means(model, x, labels, path) -> Path:
     z_loc = model.encode(*model.batch_args(x, labels))[0].cpu()
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
-    points = ax.scatter(z_loc[:, 0], z_loc[:, 1], c=None if labels is None else labels.cpu(),
-                        cmap="tab10", s=3, alpha=0.7)
-    if labels is not None:
+    if labels is None:
+        ax.scatter(z_loc[:, 0], z_loc[:, 1], s=3, alpha=0.7)
+    else:
+        points = ax.scatter(z_loc[:, 0], z_loc[:, 1], c=labels.cpu(), cmap="tab10", s=3, alpha=0.7)
         fig.colorbar(points, ax=ax, label="label")
     ax.set(xlabel="$z_1$", ylabel="$z_2$", title="latent means of the test set")
     return _save_figure(fig, path)

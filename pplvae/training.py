@@ -188,7 +188,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         n = data.x_train.shape[0]
         steps = -(-n // self.config.batch_size)
-        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
+        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False,
+                   mininterval=1.0)
         seen = 0
         for i, (x, labels) in enumerate(bar):
             if self.config.kl_warmup > 0:
