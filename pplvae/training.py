@@ -231,13 +231,14 @@ class Trainer:
     def epoch_metrics(self, data: ImageData) -> dict[str, float]:
         """Split terms after an epoch, per datapoint: ``train_*`` on the first
         ``len(x_test)`` training images (a fixed subset the size of the test
-        set, binarized once with a fixed seed when the data are binarized, so
-        train and test compare like for like), ``test_*`` on the test set, and
-        the ``beta`` in force at the end of the epoch."""
+        set, or all of a smaller training set; binarized once with a fixed
+        seed when the data are binarized, so train and test compare like for
+        like), ``test_*`` on the test set, and the ``beta`` in force at the end
+        of the epoch."""
         if self.config.kl_warmup > 0:
             self.loss.objective.beta = self.config.beta_at(self.epoch)
         size = self.config.eval_batch_size
-        n = len(data.x_test)
+        n = min(len(data.x_test), len(data.x_train))
         x_train = data.x_train[:n]
         if data.binarized:
             x_train = binarize(x_train, torch.Generator(x_train.device).manual_seed(TRAIN_SUBSET_BINARIZATION_SEED))

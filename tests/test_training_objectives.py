@@ -75,3 +75,9 @@ def test_command_line_flags(tmp_path, data_dir, capsys):
     assert main(["train", "--data-dir", str(data_dir), "--objective", "iwae", "--kl-warmup", "2",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "kl_warmup" in capsys.readouterr().err
+
+
+def test_training_set_smaller_than_the_test_set(data_dir):
+    data = load_dataset("mnist", data_dir, train_size=200, test_size=300)
+    metrics = _fit(data)
+    assert metrics[["train_reconstruction", "train_kl"]].notna().all().all()
