@@ -77,12 +77,20 @@ class IWAE_ELBO(FixedBeta, RenyiELBO):
         log_w = log_weights(traces, vectorized)  # (K, N)
         return torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)  # (N,)
 
+    def bound(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The K-sample bound ``L_K`` of every datapoint from one set of draws.
+
+        :returns: tensor of shape ``(N,)``, nats per datapoint, differentiable.
+        :raises NotImplementedError: if a guide site is not reparameterized.
+        """
+        return self._bound(self._traces(model, guide, args, kwargs))
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """``-L_K`` summed over the minibatch (nats), differentiable.
 
         :raises NotImplementedError: if a guide site is not reparameterized.
         """
-        return -self._bound(self._traces(model, guide, args, kwargs)).sum()
+        return -self.bound(model, guide, *args, **kwargs).sum()
 
     @torch.no_grad()
     def loss_terms(self, model, guide, *args, **kwargs) -> dict[str, torch.Tensor]:
