@@ -1,4 +1,4 @@
-"""The objectives comparison benchmark runs end to end with tiny flags, in a subprocess."""
+"""The objectives benchmarks run end to end with tiny flags, in a subprocess."""
 
 import os
 import subprocess
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "objectives_comparison.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "objectives_comparison.py"
 
 
 def test_objectives_comparison_smoke(tmp_path, data_dir):
@@ -21,3 +22,9 @@ def test_objectives_comparison_smoke(tmp_path, data_dir):
     table = pd.read_csv(out / "comparison.csv")
     assert len(table) == 4 and table[["test_elbo", "log_px", "test_kl", "active_units"]].notna().all().all()
     assert (out / "samples.png").exists()
+
+    variance = [sys.executable, str(BENCHMARKS / "kl_estimator_variance.py"), str(out / "vae"),
+                "--data-dir", str(data_dir), "--batch-size", "16", "--draws", "20", "--gradient-draws", "5"]
+    result = subprocess.run(variance, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "elbo-analytic" in result.stdout
