@@ -26,12 +26,12 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pplvae.objectives.latent_scale import scale_latents
-from pplvae.objectives.terms import kl_term, reconstruction
+from pplvae.objectives.terms import RngNeutralPlateGuess, kl_term, reconstruction
 
 __all__ = ["BetaTrace_ELBO", "BetaTraceMeanField_ELBO"]
 
 
-class _BetaMixin:
+class _BetaMixin(RngNeutralPlateGuess):
     """Adds a mutable ``beta`` and ``loss_terms`` to a Pyro ``Trace_ELBO``."""
 
     analytic_kl = False

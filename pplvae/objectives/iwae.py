@@ -30,13 +30,13 @@ import torch
 from pyro.infer import RenyiELBO
 from pyro.infer.util import check_fully_reparametrized
 
-from pplvae.objectives.terms import kl_term, log_weights, reconstruction
+from pplvae.objectives.terms import RngNeutralPlateGuess, kl_term, log_weights, reconstruction
 from pplvae.objectives.warmup import FixedBeta
 
 __all__ = ["IWAE_ELBO"]
 
 
-class IWAE_ELBO(FixedBeta, RenyiELBO):
+class IWAE_ELBO(FixedBeta, RngNeutralPlateGuess, RenyiELBO):
     """:class:`~pyro.infer.RenyiELBO` at ``alpha = 0`` with a differentiable loss.
 
     :param num_particles: K, the number of importance samples per datapoint.

@@ -9,12 +9,13 @@ term. Sites must carry the log-probabilities that
 
 from __future__ import annotations
 
+import pyro.util
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from torch.distributions import kl_divergence
 
-__all__ = ["latent_sites", "reconstruction", "kl_term", "log_weights"]
+__all__ = ["RngNeutralPlateGuess", "latent_sites", "reconstruction", "kl_term", "log_weights"]
 
 
 def latent_sites(model_trace):
@@ -89,3 +90,21 @@ def log_weights(traces, vectorized: bool) -> torch.Tensor:
                 log_w = log_w - torch_sum(site["log_prob"], sum_dims)
         particles.append(log_w)
     return particles[0] if vectorized else torch.stack(particles)
+
+
+class RngNeutralPlateGuess:
+    """Mixin for a Pyro ``ELBO``: guess ``max_plate_nesting`` without using up random draws.
+
+    With ``vectorize_particles`` Pyro runs model and guide once on the first
+    call to find where the particle plate may go. That run draws from the
+    global RNG, so a resumed run (a fresh objective) would draw differently
+    from an uninterrupted one. Restoring the RNG state afterwards keeps
+    training reproducible across a checkpoint.
+    """
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        state = pyro.util.get_rng_state()
+        try:
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
+        finally:
+            pyro.util.set_rng_state(state)
