@@ -13,6 +13,7 @@ pyro.settings.set(module_local_params=True)
 
 from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
+from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
 from pplvae.models import MODELS, VAE, VAEConfig, build_model  # noqa: E402
 from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
 from pplvae.runs import Run, load_run  # noqa: E402
@@ -24,6 +25,7 @@ __all__ = [
     "DataNotFoundError",
     "ImageData",
     "MODELS",
+    "MarginalLikelihood",
     "OBJECTIVES",
     "NegativeELBO",
     "Run",
@@ -37,6 +39,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_run",
+    "log_marginal_likelihood",
     "make_objective",
     "mmd",
     "save_checkpoint",
