@@ -7,12 +7,12 @@ MMD-VAE and IWAE (K = 5), then scores every model with the same estimators:
 * ``test_elbo``, ``test_reconstruction``, ``test_kl``: E_q log p(x|z) (one
   draw) and the closed-form KL(q(z|x) || p(z)) on the whole test set,
   nats per datapoint (``make_objective("elbo-analytic").loss_terms``);
-* ``log_px``: the importance-sampled log p̂(x) with ``--num-samples`` draws
-  from q(z|x) per datapoint (Burda et al. 2016, eq. 8) on the first
+* ``log_px``: the importance-sampled log p̂(x) of
+  :func:`pplvae.log_marginal_likelihood` (issue 3; Burda et al. 2016, eq. 8)
+  with ``--num-samples`` draws from q(z|x) per datapoint on the first
   ``--eval-size`` test images, nats per datapoint, with its standard error
-  over datapoints; ``pplvae.log_marginal_likelihood`` (issue 3) when the
-  library has it, else the same formula via ``IWAE_ELBO(K).bound``
-  (``log_px_estimator`` says which);
+  over datapoints, the mean and smallest effective sample size and the
+  largest Pareto k-hat of the importance weights (above 0.7: unreliable);
 * ``active_units``: latent dimensions u with Var_x(E_q[z_u|x]) > 0.01 over
   the test set (Burda et al. 2016, section 5.2).
 
@@ -26,7 +26,6 @@ each run's ``metrics.csv`` and ``elbo.png`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from datetime import datetime, timezone
@@ -39,7 +38,6 @@ from torchvision.utils import make_grid, save_image
 
 import pplvae
 from pplvae import VAE, TrainConfig, VAEConfig, fit, load_dataset, make_objective
-from pplvae.objectives import IWAE_ELBO
 from pplvae.plots import plot_elbo_curves
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016), section 5.2
@@ -61,15 +59,11 @@ def chunks(x: torch.Tensor, size: int):
 
 
 @torch.no_grad()
-def log_px(model, x: torch.Tensor, num_samples: int) -> tuple[float, float, str]:
-    """Mean and standard error of log p̂(x) over ``x`` (nats), and the estimator's name."""
-    if hasattr(pplvae, "log_marginal_likelihood"):
-        result = pplvae.log_marginal_likelihood(model.model, model.guide, x, num_samples=num_samples)
-        return result.log_px.mean().item(), result.stderr, "pplvae.log_marginal_likelihood"
-    iwae = IWAE_ELBO(num_particles=num_samples)
-    per_datapoint = torch.cat([iwae.bound(model.model, model.guide, part) for part in chunks(x, 50)])  # (N,)
-    stderr = (per_datapoint.std() / math.sqrt(len(per_datapoint))).item()
-    return per_datapoint.mean().item(), stderr, "IWAE_ELBO(K).bound (issue-3 estimator not on main yet)"
+def log_px(model, x: torch.Tensor, num_samples: int) -> dict:
+    """Issue 3's estimator on ``x``: mean log p̂(x) and its standard error (nats per
+    datapoint), the effective sample size and the largest Pareto k-hat."""
+    row = pplvae.log_marginal_likelihood(model.model, model.guide, x, num_samples=num_samples).to_frame().iloc[0]
+    return {key: row[key] for key in ("log_px", "log_px_stderr", "ess_mean", "ess_min", "pareto_k_max")}
 
 
 @torch.no_grad()
@@ -84,16 +78,14 @@ def evaluate(model, data, args) -> dict:
             sums[key] += terms[key].item()
     n = len(data.x_test)
     z_loc = torch.cat([model.encode(x)[0] for x in chunks(data.x_test, 1000)])  # (N_test, z_dim)
-    mean_log_px, stderr, estimator = log_px(model, data.x_test[: args.eval_size], args.num_samples)
+    importance = log_px(model, data.x_test[: args.eval_size], args.num_samples)
     return {
         "test_elbo": (sums["reconstruction"] - sums["kl"]) / n,
         "test_reconstruction": sums["reconstruction"] / n,
         "test_kl": sums["kl"] / n,
-        "log_px": mean_log_px,
-        "log_px_stderr": stderr,
+        **importance,
         "active_units": int((z_loc.var(dim=0) > ACTIVE_UNIT_THRESHOLD).sum()),
         "eval_seconds": time.perf_counter() - start,
-        "log_px_estimator": estimator,
         "num_samples": args.num_samples,
         "eval_size": min(args.eval_size, n),
     }

@@ -20,7 +20,7 @@ def test_objectives_comparison_smoke(tmp_path, data_dir):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(out / "comparison.csv")
-    assert len(table) == 4 and table[["test_elbo", "log_px", "test_kl", "active_units"]].notna().all().all()
+    assert len(table) == 4 and table[["test_elbo", "log_px", "ess_mean", "test_kl", "active_units"]].notna().all().all()
     assert (out / "samples.png").exists()
 
     variance = [sys.executable, str(BENCHMARKS / "kl_estimator_variance.py"), str(out / "vae"),
