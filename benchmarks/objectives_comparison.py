@@ -11,8 +11,9 @@ MMD-VAE and IWAE (K = 5), then scores every model with the same estimators:
   :func:`pplvae.log_marginal_likelihood` (issue 3; Burda et al. 2016, eq. 8)
   with ``--num-samples`` draws from q(z|x) per datapoint on the first
   ``--eval-size`` test images, nats per datapoint, with its standard error
-  over datapoints, the mean and smallest effective sample size and the
-  largest Pareto k-hat of the importance weights (above 0.7: unreliable);
+  over datapoints, the mean and smallest effective sample size, and the
+  largest Pareto k-hat of the importance weights and the share of images
+  whose k-hat is above 0.7 (where the estimate is unreliable);
 * ``active_units``: latent dimensions u with Var_x(E_q[z_u|x]) > 0.01 over
   the test set (Burda et al. 2016, section 5.2).
 
@@ -61,9 +62,13 @@ def chunks(x: torch.Tensor, size: int):
 @torch.no_grad()
 def log_px(model, x: torch.Tensor, num_samples: int) -> dict:
     """Issue 3's estimator on ``x``: mean log p̂(x) and its standard error (nats per
-    datapoint), the effective sample size and the largest Pareto k-hat."""
-    row = pplvae.log_marginal_likelihood(model.model, model.guide, x, num_samples=num_samples).to_frame().iloc[0]
-    return {key: row[key] for key in ("log_px", "log_px_stderr", "ess_mean", "ess_min", "pareto_k_max")}
+    datapoint), the effective sample size, the largest Pareto k-hat and the share
+    of datapoints whose k-hat exceeds 0.7 (Vehtari et al.'s reliability threshold)."""
+    result = pplvae.log_marginal_likelihood(model.model, model.guide, x, num_samples=num_samples)
+    row = result.to_frame().iloc[0]
+    k_hat = result.pareto_k[~torch.isnan(result.pareto_k)]  # (N,) where defined
+    return {**{key: row[key] for key in ("log_px", "log_px_stderr", "ess_mean", "ess_min", "pareto_k_max")},
+            "pareto_k_share_above_0.7": (k_hat > 0.7).double().mean().item() if k_hat.numel() else float("nan")}
 
 
 @torch.no_grad()
