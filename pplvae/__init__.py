@@ -15,6 +15,7 @@ from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
 from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
 from pplvae.models import CVAE, HVAE, MODELS, VAE, CVAEConfig, HVAEConfig, VAEConfig, build_model  # noqa: E402
+from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
 from pplvae.runs import Run, load_run  # noqa: E402
 from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E402
 
@@ -29,6 +30,7 @@ __all__ = [
     "ImageData",
     "MODELS",
     "MarginalLikelihood",
+    "OBJECTIVES",
     "NegativeELBO",
     "Run",
     "TrainConfig",
@@ -37,9 +39,13 @@ __all__ = [
     "VAEConfig",
     "build_model",
     "fit",
+    "kl_warmup_weight",
     "load_checkpoint",
     "load_dataset",
     "load_run",
     "log_marginal_likelihood",
+    "make_objective",
+    "mmd",
     "save_checkpoint",
+    "scale_latents",
 ]

@@ -15,6 +15,7 @@ from pplvae.data import DATASETS, IMAGE_SHAPES, DataNotFoundError, load_dataset
 from pplvae.evaluation import EVALUATION, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
+from pplvae.objectives import KERNELS, OBJECTIVES
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
 from pplvae.runs import load_run
 from pplvae.training import TrainConfig, fit
@@ -44,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--objective", choices=OBJECTIVES, default="elbo",
+                       help="elbo (sampled KL), elbo-analytic (closed-form KL), iwae (K-sample bound), "
+                            "mmd (MMD-VAE)")
+    train.add_argument("--beta", type=float, default=1.0, help="KL weight for elbo / elbo-analytic (beta-VAE)")
+    train.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
+                       help="raise beta linearly from 0 over this many epochs")
+    train.add_argument("--num-particles", type=int, default=1, metavar="K", help="samples of z per datapoint")
+    train.add_argument("--mmd-weight", type=float, default=1000.0, metavar="LAMBDA",
+                       help="per-datapoint weight of MMD^2 for --objective mmd")
+    train.add_argument("--kernel", choices=KERNELS, default="gaussian", help="MMD kernel for --objective mmd")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--train-size", type=int, help="use only the first N training images")
     train.add_argument("--test-size", type=int, help="use only the first N test images")
@@ -103,7 +114,9 @@ def train(args: argparse.Namespace) -> None:
     else:
         likelihood = args.likelihood or DEFAULT_LIKELIHOOD[args.dataset]
         train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                   seed=args.seed, device=args.device)
+                                   seed=args.seed, device=args.device, objective=args.objective,
+                                   beta=args.beta, kl_warmup=args.kl_warmup, num_particles=args.num_particles,
+                                   mmd_weight=args.mmd_weight, kernel=args.kernel)
         run_config = {
             "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
                       "activation": args.activation, "likelihood": likelihood},

@@ -144,12 +144,31 @@ def plot_quadrant_predictions(baseline, cvae, x, image_shape, path, num_images: 
 
 
 def plot_elbo_curves(metrics: pd.DataFrame, path) -> Path:
-    """Train and test ELBO (nats per datapoint) per epoch, from a run's ``metrics.csv`` table."""
+    """Train and test ELBO (nats per datapoint) per epoch, from a run's ``metrics.csv`` table.
+
+    When the table has the objective's split terms (``*_reconstruction``,
+    ``*_kl``, ``*_mmd``), a second panel shows them, so the trade-off between
+    reconstruction and the latent term is visible; MMD^2 is unitless and gets
+    its own axis.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    split = [c for c in metrics.columns if c.endswith(("_reconstruction", "_kl"))]
+    mmd = [c for c in metrics.columns if c.endswith("_mmd")]
+    fig, axes = plt.subplots(1, 2 if split else 1, figsize=(12 if split else 6, 4), squeeze=False)
+    ax = axes[0, 0]
     metrics.plot(x="epoch", y=[c for c in metrics.columns if c.endswith("elbo")], marker="o", ax=ax)
     ax.set(ylabel="ELBO (nats per datapoint)", title="ELBO per epoch")
     ax.grid(alpha=0.3)
+    if split:
+        ax = axes[0, 1]
+        terms = metrics.assign(**{c: -metrics[c] for c in split if c.endswith("_reconstruction")})
+        terms = terms.rename(columns={c: c.replace("_reconstruction", " -E log p(x|z)") for c in split})
+        terms.plot(x="epoch", y=[c.replace("_reconstruction", " -E log p(x|z)") for c in split],
+                   marker="o", ax=ax, logy=True)
+        ax.set(ylabel="nats per datapoint", title="reconstruction and KL terms")
+        ax.grid(alpha=0.3)
+        if mmd:
+            metrics.plot(x="epoch", y=mmd, marker="s", linestyle="--", ax=ax.twinx()).set(ylabel="MMD$^2$")
     return _save_figure(fig, path)
 
 
