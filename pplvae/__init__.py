@@ -15,12 +15,14 @@ from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
 from pplvae.models import MODELS, VAE, VAEConfig, build_model  # noqa: E402
 from pplvae.runs import Run, load_run  # noqa: E402
+from pplvae.trace_elbo import FastTrace_ELBO  # noqa: E402
 from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DataNotFoundError",
+    "FastTrace_ELBO",
     "ImageData",
     "MODELS",
     "NegativeELBO",

@@ -18,12 +18,12 @@ from typing import Callable
 import pandas as pd
 import pyro
 import torch
-from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pplvae.checkpoint import load_checkpoint, save_checkpoint, save_csv, save_json
 from pplvae.data import ImageData
 from pplvae.models import model_config
+from pplvae.trace_elbo import FastTrace_ELBO
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class NegativeELBO(nn.Module):
     def __init__(self, model: nn.Module, objective=None):
         super().__init__()
         self.model = model
-        self.objective = objective if objective is not None else Trace_ELBO()
+        self.objective = objective if objective is not None else FastTrace_ELBO()
 
     def forward(self, *args) -> torch.Tensor:
         loss = self.objective.differentiable_loss(self.model.model, self.model.guide, *args)
@@ -115,7 +115,9 @@ class Trainer:
             ``batch_args(x, labels) -> args``.
         config: :class:`TrainConfig`.
         objective: a Pyro ELBO (anything with ``differentiable_loss``);
-            default ``Trace_ELBO()`` (reparameterized single-sample gradients).
+            default :class:`~pplvae.trace_elbo.FastTrace_ELBO` (``Trace_ELBO``'s
+            value and gradients without its host syncs; reparameterized
+            single-sample gradients).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, objective=None):
