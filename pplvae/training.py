@@ -104,7 +104,7 @@ class NegativeELBO(nn.Module):
 
 
 class Trainer:
-    """SVI for a model/guide pair: ``Trace_ELBO`` gradients, ``torch.optim.Adam``.
+    """SVI for a model/guide pair: ``Trace_ELBO`` gradients, fused ``torch.optim.Adam``.
 
     The model is a ``PyroModule`` with module-local parameters (the VAE and
     its variants), so the optimiser holds ``model.parameters()`` directly and
@@ -118,6 +118,10 @@ class Trainer:
             default :class:`~pplvae.trace_elbo.FastTrace_ELBO` (``Trace_ELBO``'s
             value and gradients without its host syncs; reparameterized
             single-sample gradients).
+
+    Adam is the fused implementation on the CPU and CUDA (one kernel for all
+    parameters instead of a Python loop over them; the same update up to
+    float rounding).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, objective=None):
@@ -125,7 +129,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.loss = NegativeELBO(self.model, objective)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
+                                          fused=self.device.type in ("cpu", "cuda"))
         self.epoch = 0
         self.history: list[dict] = []
 
