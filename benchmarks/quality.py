@@ -95,15 +95,13 @@ def train_pplvae(vae: VAE, data: ImageData, stages, args, curve: list, label: st
     trainer = Trainer(vae, TrainConfig(batch_size=args.batch_size, learning_rate=stages[0][1],
                                        seed=args.seed, device=args.device))
 
-    def step(x):
-        with pyro.validation_enabled(trainer.config.validate):
-            return trainer.step(x)
-
     def set_lr(learning_rate):
         for group in trainer.optimizer.param_groups:
             group["lr"] = learning_rate
 
-    return trainer, train(step, set_lr, data, stages, args.batch_size, args.seed, curve, label)
+    with pyro.validation_enabled(trainer.config.validate):
+        seconds = train(trainer.step, set_lr, data, stages, args.batch_size, args.seed, curve, label)
+    return trainer, seconds
 
 
 def train_torch(twin, optimizer, data: ImageData, stages, args, curve: list) -> float:

@@ -28,8 +28,6 @@ References:
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO
@@ -105,7 +103,7 @@ class FastTrace_ELBO(Trace_ELBO):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._not_reparameterized = weakref.WeakSet()  # guide functions seen to need the fallback
+        self._not_reparameterized: set = set()  # guide functions seen to need the fallback
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         guide_function = getattr(guide, "__func__", guide)
