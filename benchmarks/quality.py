@@ -252,9 +252,12 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--freyface-z-dim", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.num_samples and not hasattr(pplvae, "log_marginal_likelihood"):
         parser.error("this pplvae has no log_marginal_likelihood yet; pass --num-samples 0 for ELBOs only")
     args.out.mkdir(parents=True, exist_ok=True)

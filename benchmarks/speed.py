@@ -14,8 +14,9 @@ once, held in memory) for every contender:
    ``pyro.optim.Adam`` and ``Trace_ELBO`` and Pyro's default validation.
 
 All start from the same initial weights. Timing is interleaved: each repeat
-times a block of ``--steps`` steps of every contender in turn (the order
-rotating between repeats) after ``--warmup`` untimed steps each; the table
+times a block of steps of every contender in turn (``--steps``, or as many as
+the floor takes in ``--block-seconds``), the order rotating between repeats,
+after ``--warmup`` untimed steps each; the table
 gives the median over repeats of wall-clock ms per step, and each ratio is the
 median over repeats of the ratio to the floor within the same repeat, so that
 load which drifts between repeats (a shared machine) cancels. Process CPU time
@@ -104,16 +105,28 @@ def time_block(contender, batches, device: torch.device) -> tuple[float, float]:
     return (time.perf_counter() - wall) * 1e3 / n, (time.process_time() - cpu) * 1e3 / n
 
 
+def draw_batches(x_train: torch.Tensor, count: int, batch_size: int, generator: torch.Generator) -> list:
+    """``count`` minibatches (batch_size, x_dim) of random training images, binarized once."""
+    idx = torch.randint(len(x_train), (count, batch_size), device=x_train.device, generator=generator)
+    return [binarize(x_train[i], generator) for i in idx]
+
+
 def measure(x_train: torch.Tensor, net_name: str, batch_size: int, args, device: torch.device) -> list[dict]:
-    """Interleaved blocks of every contender at one net and batch size."""
+    """Interleaved blocks of every contender at one net and batch size.
+
+    Without ``--steps`` a block has as many steps as the floor takes in about
+    ``--block-seconds`` (estimated from its warm-up), at least 5.
+    """
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    idx = torch.randint(len(x_train), (args.steps, batch_size), device=device, generator=generator)
-    batches = [binarize(x_train[i], generator) for i in idx]  # (batch_size, x_dim) each
+    warmup = draw_batches(x_train, args.warmup, batch_size, generator)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     steps = build_steps(x_train.shape[1], NETS[net_name], batch_size, args.lr, device)
     for step in steps.values():
-        time_block(step, batches[: args.warmup], device)
+        time_block(step, warmup, device)
+    floor_ms, _ = time_block(steps[FLOOR], warmup, device)
+    count = args.steps or max(5, round(args.block_seconds * 1e3 / floor_ms))
+    batches = draw_batches(x_train, count, batch_size, generator)
     rows = []
     names = list(steps)
     for repeat in range(args.repeats):
@@ -121,7 +134,7 @@ def measure(x_train: torch.Tensor, net_name: str, batch_size: int, args, device:
         for name in order:
             wall, cpu = time_block(steps[name], batches, device)
             rows.append(dict(net=net_name, batch_size=batch_size, contender=name, repeat=repeat,
-                             wall_ms=wall, cpu_ms=cpu))
+                             steps=count, wall_ms=wall, cpu_ms=cpu))
     return rows
 
 
@@ -186,8 +199,7 @@ def profile(x_train: torch.Tensor, net_name: str, batch_size: int, args, device:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    batches = [binarize(x_train[torch.randint(len(x_train), (batch_size,), device=device, generator=generator)],
-                        generator) for _ in range(args.steps)]
+    batches = draw_batches(x_train, args.steps or 20, batch_size, generator)
     steps = build_steps(x_train.shape[1], NETS[net_name], batch_size, args.lr, device)
     out = io.StringIO()
     for name in ("pplvae", FLOOR):
@@ -211,8 +223,10 @@ def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nets", nargs="+", choices=sorted(NET_KEYS), default=["burda", "pyro-example"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[20, 128, 1024])
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per block")
-    parser.add_argument("--repeats", type=int, default=9, help="interleaved blocks per contender")
+    parser.add_argument("--steps", type=int, help="timed steps per block (default: from --block-seconds)")
+    parser.add_argument("--block-seconds", type=float, default=0.5,
+                        help="without --steps: steps per block such that the floor takes about this long")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved blocks per contender")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per contender first")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -241,7 +255,8 @@ def main(argv=None) -> pd.DataFrame:
     info = machine(device)
     raw.to_csv(args.out / "speed-raw.csv", index=False)
     summary.assign(**{k: v for k, v in info.items() if k != "command"}).to_csv(args.out / "speed.csv", index=False)
-    markdown = (f"# Speed: ms per SVI step (median of {args.repeats} interleaved blocks of {args.steps} steps)\n\n"
+    blocks = f"{args.steps} steps" if args.steps else f"about {args.block_seconds:g} s"
+    markdown = (f"# Speed: ms per SVI step (median of {args.repeats} interleaved blocks of {blocks})\n\n"
                 f"{markdown_machine(info)}\n\n{markdown_table(result)}\n")
     (args.out / "speed.md").write_text(markdown)
     plot(summary, args.out / "speed.png")
