@@ -13,6 +13,7 @@ pyro.settings.set(module_local_params=True)
 
 from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
+from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
 from pplvae.models import MODELS, VAE, VAEConfig, build_model  # noqa: E402
 from pplvae.runs import Run, load_run  # noqa: E402
 from pplvae.trace_elbo import FastTrace_ELBO  # noqa: E402
@@ -25,6 +26,7 @@ __all__ = [
     "FastTrace_ELBO",
     "ImageData",
     "MODELS",
+    "MarginalLikelihood",
     "NegativeELBO",
     "Run",
     "TrainConfig",
@@ -36,5 +38,6 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_run",
+    "log_marginal_likelihood",
     "save_checkpoint",
 ]

@@ -1,4 +1,4 @@
-"""The ``pplvae`` command: train, sample, reconstruct. Thin: it parses flags and calls the library."""
+"""The ``pplvae`` command: train, sample, reconstruct, evaluate. Thin: it parses flags and calls the library."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pyro
 
 from pplvae.data import DATASETS, IMAGE_SHAPES, DataNotFoundError, load_dataset
+from pplvae.evaluation import EVALUATION, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
@@ -64,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--out", type=Path, help="PNG path (default: RUN/reconstructions.png)")
     recon.add_argument("--device", default="auto")
     _add_data_flags(recon)
+
+    evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling")
+    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("--num-samples", type=int, default=5000, help="K, importance samples per image")
+    evaluate.add_argument("--split", choices=SPLITS, default="test")
+    evaluate.add_argument("--max-examples", type=int, help="evaluate only the first N images of the split")
+    evaluate.add_argument("--max-memory-mb", type=float, default=256.0, help="memory budget per chunk, MiB")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_data_flags(evaluate)
     return parser
 
 
@@ -120,7 +132,25 @@ def reconstruct(args: argparse.Namespace) -> None:
     print(plot_reconstructions(run.model, data.x_test, data.y_test, data.image_shape, out, args.num_images))
 
 
-COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct}
+def evaluate(args: argparse.Namespace) -> None:
+    table = evaluate_run(args.run, args.num_samples, args.split, args.max_examples, args.device,
+                         args.data_dir, args.download, args.seed, int(args.max_memory_mb * 2**20),
+                         progress=not args.no_progress)
+    row = table.iloc[0]
+    k = int(row["num_samples"])
+    lines = [("ELBO", row["elbo"])]
+    lines += [(f"IWAE-{n}", row[f"iwae_{n}"]) for n in (5, 50) if f"iwae_{n}" in row]
+    print(f"{args.split} set, {int(row['num_data'])} images, K = {k} (nats per image)")
+    for name, value in lines:
+        print(f"  {name:<16}{value:10.2f}")
+    print(f"  {'log p(x)':<16}{row['log_px']:10.2f} ± {row['log_px_stderr']:.2f} (standard error)")
+    print(f"  {'ESS mean / min':<16}{row['ess_mean']:10.1f} / {row['ess_min']:.1f} of {k}")
+    print(f"  {'Pareto k max':<16}{row['pareto_k_max']:10.2f}")
+    print(f"  {'samples/s':<16}{row['samples_per_second']:10.0f}  ({row['seconds']:.1f} s)")
+    print(f"written to {args.run / EVALUATION}")
+
+
+COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

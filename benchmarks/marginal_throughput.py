@@ -1,0 +1,205 @@
+"""Throughput of pplvae.log_marginal_likelihood on Burda et al.'s 784-200-200-50 VAE over MNIST.
+
+Evaluates log p(x) on the MNIST test set with K importance samples per image
+(Burda, Grosse & Salakhutdinov 2016, section 5.2: K = 5000, 10,000 images) and
+reports the achieved decoder GFLOP/s (2 * in * out per Linear layer of the
+decoder per sample) against the rate ``torch.mm`` reaches, in the same process,
+on the same matrix shapes as one chunk of the estimator. On a shared machine
+the wall-clock ratio depends on the load at each moment, so the ratio per
+second of this process's CPU time is reported beside it. Also reports wall
+time and peak memory during the estimate (CPU: the process's peak resident
+set, reset just before it through Linux's ``/proc/self/clear_refs``, beside the
+resident set before it; CUDA: ``torch.cuda.max_memory_allocated``). Runs on CUDA when present.
+
+    python benchmarks/marginal_throughput.py                     # full: K=5000, 10,000 images
+    python benchmarks/marginal_throughput.py --num-samples 100 --num-examples 100   # quick
+
+The model is trained briefly first (``--train-epochs`` on ``--train-size``
+images), or loaded from a run folder with ``--run``; either way the first
+``--num-examples`` images of the fixed-binarized MNIST test set are scored.
+On CPUs where PyTorch's AVX-512 kernels for log/exp functions are slow (see
+docs/marginal_likelihood.md), ``ATEN_CPU_CAPABILITY=avx2`` in the environment
+selects its AVX2 kernels; the ``cpu_capability`` column records which ran. Writes one CSV row (``--out``) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import torch
+from torch import nn
+
+from pplvae import TrainConfig, VAE, VAEConfig, fit, load_dataset, load_run, log_marginal_likelihood
+from pplvae.training import resolve_device
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, help="evaluate this trained run instead of training one")
+    parser.add_argument("--num-samples", type=int, default=5000, help="K per image (default 5000)")
+    parser.add_argument("--num-examples", type=int, default=10000, help="test images (default: all 10,000)")
+    parser.add_argument("--train-epochs", type=int, default=1, help="epochs of the brief training")
+    parser.add_argument("--train-size", type=int, default=60000, help="training images for the brief training")
+    parser.add_argument("--max-memory-mb", type=float, default=256.0, help="estimator's budget per chunk, MiB")
+    parser.add_argument("--mm-repeats", type=int, default=20, help="timed torch.mm repeats per measurement")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
+    parser.add_argument("--out", type=Path, default=Path("marginal_throughput.csv"), help="CSV to write")
+    return parser.parse_args(argv)
+
+
+def decoder_flops_per_sample(model: VAE) -> int:
+    """2 * in * out summed over the decoder's Linear layers: multiply-adds of one z -> logits pass."""
+    return sum(2 * m.in_features * m.out_features for m in model.decoder.modules() if isinstance(m, nn.Linear))
+
+
+def matmul_rate(model: VAE, rows: int, device: torch.device, repeats: int) -> tuple[float, float]:
+    """GFLOP/s of ``torch.mm`` on the decoder's shapes, (rows, in) @ (in, out) per Linear layer.
+
+    Returns (per wall-clock second, per second of this process's CPU time).
+    """
+    shapes = [(m.in_features, m.out_features) for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+    a = [torch.randn(rows, i, device=device) for i, _ in shapes]
+    w = [torch.randn(i, o, device=device) for i, o in shapes]
+    out = [torch.empty(rows, o, device=device) for _, o in shapes]
+
+    def once():
+        for a_i, w_i, out_i in zip(a, w, out):
+            torch.mm(a_i, w_i, out=out_i)
+
+    once()  # warm up
+    with _Timer(device) as timer:
+        for _ in range(repeats):
+            once()
+    gflop = repeats * rows * sum(2 * i * o for i, o in shapes) / 1e9
+    return gflop / timer.seconds, gflop / timer.cpu_seconds
+
+
+class _Timer:
+    """Wall-clock and process CPU seconds of a block (CUDA synchronized at both ends)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        _sync(self.device)
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        _sync(self.device)
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_rss() -> float:
+    """Reset the process's peak resident set (Linux ``clear_refs``) and return the current one, MiB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_mib("VmRSS")
+    except OSError:  # not Linux: fall back to the lifetime peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_rss() -> float:
+    """Peak resident set since the last reset, MiB (lifetime peak where it cannot be reset)."""
+    try:
+        return _status_mib("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    pyro.set_rng_seed(args.seed)
+    data = load_dataset("mnist", args.data_dir, train_size=args.train_size, test_size=args.num_examples)
+    if args.run is not None:
+        model = load_run(args.run, device).model
+    else:
+        model = VAE(VAEConfig(x_dim=data.x_dim, z_dim=50, hidden_dims=(200, 200), activation="tanh"))
+        fit(model, data, TrainConfig(epochs=args.train_epochs, batch_size=100, device=str(device), seed=args.seed))
+        model.eval()
+    x = data.x_test[: args.num_examples].to(device)  # (N, 784), fixed binarization
+    num_data, num_samples = len(x), args.num_samples
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    memory_before = _reset_peak_rss() if device.type != "cuda" else torch.cuda.memory_allocated(device) / 2**20
+    pyro.set_rng_seed(args.seed)
+    with _Timer(device) as timer:
+        result = log_marginal_likelihood(
+            model.model, model.guide, x, num_samples=num_samples, max_memory_bytes=int(args.max_memory_mb * 2**20)
+        )
+    seconds = timer.seconds
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss()
+
+    rows = result.chunk_shape[0] * result.chunk_shape[1]
+    mm_rate, mm_cpu_rate = matmul_rate(model, rows, device, args.mm_repeats)
+    decoder_gflop = decoder_flops_per_sample(model) * num_samples * num_data / 1e9
+    summary = result.to_frame()
+    table = pd.DataFrame([{
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "num_samples": num_samples,
+        "num_data": num_data,
+        "chunk_samples": result.chunk_shape[0],
+        "chunk_data": result.chunk_shape[1],
+        "seconds": seconds,
+        "samples_per_second": num_samples * num_data / seconds,
+        "decoder_gflop": decoder_gflop,
+        "decoder_gflops_per_s": decoder_gflop / seconds,
+        "mm_gflops_per_s": mm_rate,
+        "ratio_to_mm": decoder_gflop / seconds / mm_rate,
+        "cpu_seconds": timer.cpu_seconds,
+        "ratio_to_mm_cpu_time": decoder_gflop / timer.cpu_seconds / mm_cpu_rate,
+        "peak_memory_mib": peak,
+        "memory_before_mib": memory_before,
+        "elbo": summary.loc[0, "elbo"],
+        "iwae_50": summary.loc[0, "iwae_50"] if "iwae_50" in summary else float("nan"),
+        "log_px": summary.loc[0, "log_px"],
+        "log_px_stderr": summary.loc[0, "log_px_stderr"],
+    }])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(table.T.to_string(header=False))
+    print(f"written to {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
