@@ -212,8 +212,9 @@ def report(rows: list[dict], agreement: dict | None, args, info: dict) -> str:
         if agreement is not None:
             verdict = "agree" if agreement["agree"] else "DISAGREE"
             parts.append(f"Mean paired difference of test log p̂(x), pplvae minus PyTorch: "
-                         f"{agreement['difference']:+.3f} ± {agreement['stderr']:.3f} nats (stderr): "
-                         f"they {verdict} within {args.tolerance} nats.")
+                         f"{agreement['difference']:+.2g} ± {agreement['stderr']:.2g} nats (stderr over "
+                         f"test images): they {verdict} within {args.tolerance} nats. Wall times here are "
+                         f"not interleaved and not a speed comparison (see benchmarks/speed.py).")
         ours = mnist[mnist.model == "pplvae"]
         if "test log p(x)" in ours:
             paper = BURDA_2016.assign(budget=BURDA_BUDGET, source="Burda et al. 2016, Table 1")
