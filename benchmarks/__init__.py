@@ -2,6 +2,10 @@
 
 Run from the repository root (see ``docs/benchmarks.md``)::
 
-    python -m benchmarks.speed      # ms per SVI step, side by side
-    python -m benchmarks.quality    # test log p(x) agreement and the papers' numbers
+    python -m benchmarks.speed        # ms per SVI step, side by side
+    python -m benchmarks.quality      # test log p(x) agreement and the papers' numbers
+    python -m benchmarks.trace_once   # what pplvae's remaining overhead is made of
+
+``benchmarks/marginal_throughput.py`` (a script) measures the log p(x)
+estimator's throughput; see ``docs/marginal_likelihood.md``.
 """
