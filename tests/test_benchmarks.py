@@ -90,3 +90,9 @@ def test_quality_script_writes_its_tables(tmp_path, data_dir):
     # Same weights, data order and noise: the two MNIST models end (almost) where they started together.
     assert abs(frame["test ELBO"][0] - frame["test ELBO"][1]) < 0.1
     assert (tmp_path / "quality.md").exists() and (tmp_path / "quality.png").exists()
+
+
+def test_trace_once_script_runs(data_dir):
+    out = run_benchmark("trace_once", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--threads", "1",
+                        "--no-compile", "--data-dir", str(data_dir))
+    assert "replayed" in out and "pplvae" in out
