@@ -14,7 +14,8 @@ pyro.settings.set(module_local_params=True)
 from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
 from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
-from pplvae.models import MODELS, VAE, VAEConfig, build_model  # noqa: E402
+from pplvae.models import CVAE, HVAE, MODELS, VAE, CVAEConfig, HVAEConfig, VAEConfig, build_model  # noqa: E402
+from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
 from pplvae.runs import Run, load_run  # noqa: E402
 from pplvae.trace_elbo import FastTrace_ELBO  # noqa: E402
 from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E402
@@ -22,11 +23,16 @@ from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E40
 __version__ = "0.1.0"
 
 __all__ = [
+    "CVAE",
+    "CVAEConfig",
     "DataNotFoundError",
     "FastTrace_ELBO",
+    "HVAE",
+    "HVAEConfig",
     "ImageData",
     "MODELS",
     "MarginalLikelihood",
+    "OBJECTIVES",
     "NegativeELBO",
     "Run",
     "TrainConfig",
@@ -35,9 +41,13 @@ __all__ = [
     "VAEConfig",
     "build_model",
     "fit",
+    "kl_warmup_weight",
     "load_checkpoint",
     "load_dataset",
     "load_run",
     "log_marginal_likelihood",
+    "make_objective",
+    "mmd",
     "save_checkpoint",
+    "scale_latents",
 ]

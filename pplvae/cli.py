@@ -1,4 +1,4 @@
-"""The ``pplvae`` command: train, sample, reconstruct, evaluate. Thin: it parses flags and calls the library."""
+"""The ``pplvae`` command: train, sample, reconstruct, evaluate, quadrants. Thin: it parses flags and calls the library."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pplvae.data import DATASETS, IMAGE_SHAPES, DataNotFoundError, load_dataset
 from pplvae.evaluation import EVALUATION, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
+from pplvae.objectives import KERNELS, OBJECTIVES
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
 from pplvae.runs import load_run
 from pplvae.training import TrainConfig, fit
@@ -44,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--objective", choices=OBJECTIVES, default="elbo",
+                       help="elbo (sampled KL), elbo-analytic (closed-form KL), iwae (K-sample bound), "
+                            "mmd (MMD-VAE)")
+    train.add_argument("--beta", type=float, default=1.0, help="KL weight for elbo / elbo-analytic (beta-VAE)")
+    train.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
+                       help="raise beta linearly from 0 over this many epochs")
+    train.add_argument("--num-particles", type=int, default=1, metavar="K", help="samples of z per datapoint")
+    train.add_argument("--mmd-weight", type=float, default=1000.0, metavar="LAMBDA",
+                       help="per-datapoint weight of MMD^2 for --objective mmd")
+    train.add_argument("--kernel", choices=KERNELS, default="gaussian", help="MMD kernel for --objective mmd")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--train-size", type=int, help="use only the first N training images")
     train.add_argument("--test-size", type=int, help="use only the first N test images")
@@ -76,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_data_flags(evaluate)
+
+    quadrants = commands.add_parser(
+        "quadrants", help="Sohn et al.'s MNIST quadrant task: baseline vs. CVAE, table and pictures")
+    quadrants.add_argument("--observed", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
+                           help="numbers of observed quadrants")
+    quadrants.add_argument("--epochs", type=int, default=5, help="CVAE epochs (Pyro's tutorial: up to 50)")
+    quadrants.add_argument("--baseline-epochs", type=int, help="default: --epochs")
+    quadrants.add_argument("--num-samples", type=int, default=100, help="importance samples per test image")
+    quadrants.add_argument("--batch-size", type=int, default=128)
+    quadrants.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    quadrants.add_argument("--seed", type=int, default=0)
+    quadrants.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    quadrants.add_argument("--train-size", type=int, help="use only the first N training images")
+    quadrants.add_argument("--test-size", type=int, help="use only the first N test images")
+    quadrants.add_argument("--out", type=Path, default=Path("runs/quadrants"), help="folder for runs, CSV, pictures")
+    _add_data_flags(quadrants)
     return parser
 
 
@@ -87,7 +114,9 @@ def train(args: argparse.Namespace) -> None:
     else:
         likelihood = args.likelihood or DEFAULT_LIKELIHOOD[args.dataset]
         train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                   seed=args.seed, device=args.device)
+                                   seed=args.seed, device=args.device, objective=args.objective,
+                                   beta=args.beta, kl_warmup=args.kl_warmup, num_particles=args.num_particles,
+                                   mmd_weight=args.mmd_weight, kernel=args.kernel)
         run_config = {
             "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
                       "activation": args.activation, "likelihood": likelihood},
@@ -150,7 +179,26 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"written to {args.run / EVALUATION}")
 
 
-COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate}
+def quadrants(args: argparse.Namespace) -> None:
+    from pplvae.quadrant_experiment import run_quadrant_experiment
+
+    data = load_dataset("mnist", args.data_dir, args.download, binarized=True,
+                        train_size=args.train_size, test_size=args.test_size)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                         seed=args.seed, device=args.device)
+
+    def report(row):
+        print(f"{row['observed_quadrants']} quadrant(s)  {row['model']:17s} epoch {row['epoch']:3d}  "
+              f"test ELBO {row['test_elbo']:8.2f} nats/image  ({row['seconds']:.1f} s)", flush=True)
+
+    table = run_quadrant_experiment(data, args.out, tuple(args.observed), config, args.baseline_epochs,
+                                    args.num_samples, on_epoch=report)
+    print(table.to_string(index=False, float_format="%.2f"))
+    print(f"table: {args.out / 'quadrants.csv'}; pictures: {args.out}/quadrants_q*.png")
+
+
+COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate,
+            "quadrants": quadrants}
 
 
 def main(argv: list[str] | None = None) -> int:

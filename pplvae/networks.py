@@ -26,6 +26,20 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], activation: str = "tanh") -> nn
     return nn.Sequential(*layers)
 
 
+def concat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along the last dim, broadcasting the leading dims: (..., d1), (..., d2) -> (..., d1 + d2).
+
+    A network's inputs such as ``[z, y]`` can differ in leading dims: z drawn
+    in a vectorized plate of samples is (K, N, z_dim) while y is (N, y_dim).
+
+    Example:
+        >>> concat([torch.zeros(5, 3, 2), torch.ones(3, 4)]).shape
+        torch.Size([5, 3, 6])
+    """
+    batch_shape = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(*batch_shape, t.shape[-1]) for t in tensors], dim=-1)
+
+
 class GaussianEncoder(nn.Module):
     """q(z | x) = N(z; loc(x), diag(scale(x)^2)), an MLP (Kingma & Welling 2013, appendix C.2).
 

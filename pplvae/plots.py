@@ -16,6 +16,7 @@ from torchvision.utils import save_image
 
 from pplvae.checkpoint import atomic_write
 from pplvae.data import ImageData
+from pplvae.models import VAE
 
 
 def _save_grid(images: torch.Tensor, image_shape, path, nrow: int) -> Path:
@@ -43,7 +44,13 @@ def _save_figure(fig, path) -> Path:
 
 @torch.no_grad()
 def plot_samples(model, image_shape, path, num_samples: int = 64) -> Path:
-    """A grid of ``num_samples`` means of p(x|z), z ~ p(z) (``model.sample_images``)."""
+    """A grid of ``num_samples`` means of p(x|z), z ~ p(z) (``model.sample_images``).
+
+    Raises:
+        ValueError: the model has no ``sample_images`` (it predicts from an input, as the quadrant models).
+    """
+    if not hasattr(model, "sample_images"):
+        raise ValueError(f"The {model.name} model has no p(x) to sample from; try `pplvae reconstruct`.")
     model.eval()
     return _save_grid(model.sample_images(num_samples), image_shape, path, nrow=int(num_samples**0.5))
 
@@ -102,31 +109,88 @@ def plot_latent_means(model, x, labels, path) -> Path:
     return _save_figure(fig, path)
 
 
+@torch.no_grad()
+def plot_class_grid(model, image_shape, path, num_styles: int = 10) -> Path:
+    """Class-conditional samples: one row per class, one column per z ~ p(z) (``model.sample_class_grid``).
+
+    Down a column the latent style z is held and only the label y changes
+    (Kingma et al. 2014, figure 1; Sohn et al. 2015).
+    """
+    model.eval()
+    return _save_grid(model.sample_class_grid(num_styles), image_shape, path, nrow=num_styles)
+
+
+@torch.no_grad()
+def plot_quadrant_predictions(baseline, cvae, x, image_shape, path, num_images: int = 10,
+                              num_samples: int = 3) -> Path:
+    """Quadrant prediction (Sohn et al. 2015, figure 3): one column per test image.
+
+    Rows: the observed quadrants (the rest grey), the truth, the baseline's
+    prediction (pixel probabilities), then ``num_samples`` CVAE predictions
+    (means of p(y | x, z) for z ~ p(z | x)).
+
+    Args:
+        baseline, cvae: a :class:`pplvae.models.QuadrantBaseline` and a
+            :class:`pplvae.models.QuadrantCVAE` for the same quadrants.
+        x: (N, x_dim) whole images; the first ``num_images`` are shown.
+    """
+    baseline.eval()
+    cvae.eval()
+    x = x[:num_images]
+    x_obs, y = cvae.batch_args(x)
+    rows = [cvae.join(x_obs, torch.full_like(y, 0.5)), x, baseline.reconstruct(x_obs, y)]
+    rows += [cvae.join(x_obs, y_mean) for y_mean in cvae.predict(x_obs, num_samples)]
+    return _save_grid(torch.cat(rows), image_shape, path, nrow=len(x))
+
+
 def plot_elbo_curves(metrics: pd.DataFrame, path) -> Path:
-    """Train and test ELBO (nats per datapoint) per epoch, from a run's ``metrics.csv`` table."""
+    """Train and test ELBO (nats per datapoint) per epoch, from a run's ``metrics.csv`` table.
+
+    When the table has the objective's split terms (``*_reconstruction``,
+    ``*_kl``, ``*_mmd``), a second panel shows them, so the trade-off between
+    reconstruction and the latent term is visible; MMD^2 is unitless and gets
+    its own axis.
+    """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    split = [c for c in metrics.columns if c.endswith(("_reconstruction", "_kl"))]
+    mmd = [c for c in metrics.columns if c.endswith("_mmd")]
+    fig, axes = plt.subplots(1, 2 if split else 1, figsize=(12 if split else 6, 4), squeeze=False)
+    ax = axes[0, 0]
     metrics.plot(x="epoch", y=[c for c in metrics.columns if c.endswith("elbo")], marker="o", ax=ax)
     ax.set(ylabel="ELBO (nats per datapoint)", title="ELBO per epoch")
     ax.grid(alpha=0.3)
+    if split:
+        ax = axes[0, 1]
+        terms = metrics.assign(**{c: -metrics[c] for c in split if c.endswith("_reconstruction")})
+        terms = terms.rename(columns={c: c.replace("_reconstruction", " -E log p(x|z)") for c in split})
+        terms.plot(x="epoch", y=[c.replace("_reconstruction", " -E log p(x|z)") for c in split],
+                   marker="o", ax=ax, logy=True)
+        ax.set(ylabel="nats per datapoint", title="reconstruction and KL terms")
+        ax.grid(alpha=0.3)
+        if mmd:
+            metrics.plot(x="epoch", y=mmd, marker="s", linestyle="--", ax=ax.twinx()).set(ylabel="MMD$^2$")
     return _save_figure(fig, path)
 
 
 def plot_run(model, data: ImageData, metrics: pd.DataFrame, run_dir: str | os.PathLike) -> list[Path]:
     """All pictures of a run into ``run_dir``; returns their paths.
 
-    ``samples.png``, ``reconstructions.png``, ``elbo.png``, and for 2-D
-    latent spaces ``manifold.png`` and ``latent_means.png``.
+    ``samples.png`` (for models that sample images), ``reconstructions.png``,
+    ``elbo.png``, for class-conditional models ``class_samples.png`` (one
+    row per class), and for models that decode with :meth:`pplvae.VAE.decode`
+    (x from z alone) and a 2-D z ``manifold.png`` and ``latent_means.png``.
     """
     run_dir = Path(run_dir)
     x, labels = data.x_test, data.y_test
-    paths = [
-        plot_samples(model, data.image_shape, run_dir / "samples.png"),
-        plot_reconstructions(model, x, labels, data.image_shape, run_dir / "reconstructions.png"),
-    ]
+    paths = []
+    if hasattr(model, "sample_images"):
+        paths.append(plot_samples(model, data.image_shape, run_dir / "samples.png"))
+    paths.append(plot_reconstructions(model, x, labels, data.image_shape, run_dir / "reconstructions.png"))
     if len(metrics):
         paths.append(plot_elbo_curves(metrics, run_dir / "elbo.png"))
-    if getattr(model.config, "z_dim", None) == 2 and hasattr(model, "decode"):
+    if hasattr(model, "sample_class_grid"):
+        paths.append(plot_class_grid(model, data.image_shape, run_dir / "class_samples.png"))
+    if getattr(type(model), "decode", None) is VAE.decode and model.config.z_dim == 2:  # decode(z) of z alone
         paths.append(plot_latent_manifold(model, data.image_shape, run_dir / "manifold.png"))
         paths.append(plot_latent_means(model, x, labels, run_dir / "latent_means.png"))
     return paths

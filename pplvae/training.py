@@ -1,8 +1,13 @@
 """Fitting a model/guide pair by stochastic variational inference, with checkpoints and metrics.
 
+The loss is built by :func:`pplvae.objectives.make_objective` from the
+config (ELBO, analytic-KL ELBO, beta-VAE with optional KL warm-up, IWAE,
+MMD-VAE); see :mod:`pplvae.objectives`.
+
 References:
     [1] Kingma & Welling (2013), "Auto-Encoding Variational Bayes", algorithm 1.
     [2] Ranganath, Gerrish & Blei (2014), "Black Box Variational Inference".
+    [3] Sønderby et al. (2016), "Ladder Variational Autoencoders" (KL warm-up).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from torch import nn
 
 from pplvae.checkpoint import load_checkpoint, save_checkpoint, save_csv, save_json
 from pplvae.data import ImageData
+from pplvae.data.images import binarize
 from pplvae.models import model_config
+from pplvae.objectives import KERNELS, OBJECTIVES, kl_warmup_weight, make_objective
 from pplvae.trace_elbo import FastTrace_ELBO
 
 logger = logging.getLogger(__name__)
@@ -30,6 +37,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 CONFIG = "config.json"
+TRAIN_SUBSET_BINARIZATION_SEED = 1  # the train-side metrics' fixed binarization
 
 
 @dataclass
@@ -46,6 +54,15 @@ class TrainConfig:
         eval_batch_size: datapoints per chunk when computing the test ELBO.
         validate: Pyro's distribution and trace checks in every step; off by
             default since the data are checked once up front.
+        objective: ``"elbo"`` (Trace_ELBO), ``"elbo-analytic"``
+            (TraceMeanField_ELBO, closed-form KL), ``"iwae"`` (K-sample bound)
+            or ``"mmd"`` (MMD-VAE); see :func:`pplvae.objectives.make_objective`.
+        beta: weight of the KL term (beta-VAE) for the two ELBOs; 1 is the ELBO.
+        kl_warmup: epochs over which beta rises linearly from 0 to ``beta``,
+            updated before every step (0: no warm-up); ELBO objectives only.
+        num_particles: samples of z per datapoint (K for ``"iwae"``).
+        mmd_weight: lambda, the per-datapoint weight of MMD^2 for ``"mmd"``.
+        kernel: ``"gaussian"`` or ``"imq"``, the MMD kernel for ``"mmd"``.
     """
 
     epochs: int = 10
@@ -55,14 +72,38 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 1000
     validate: bool = False
+    objective: str = "elbo"
+    beta: float = 1.0
+    kl_warmup: float = 0.0
+    num_particles: int = 1
+    mmd_weight: float = 1000.0
+    kernel: str = "gaussian"
 
     def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}.")
+        if not self.kl_warmup >= 0:
+            raise ValueError(f"kl_warmup must be >= 0 epochs, got {self.kl_warmup}.")
+        if self.kl_warmup > 0 and self.objective not in ("elbo", "elbo-analytic"):
+            raise ValueError(f"kl_warmup weights the KL term of 'elbo' or 'elbo-analytic', not {self.objective!r}.")
+        self.build_objective()  # raises ValueError on options that do not fit the objective
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
         resolve_device(self.device)
+
+    def build_objective(self):
+        """The training objective this config names, at its target ``beta``."""
+        return make_objective(self.objective, beta=self.beta, num_particles=self.num_particles,
+                              mmd_weight=self.mmd_weight, kernel=self.kernel)
+
+    def beta_at(self, epochs_done: float) -> float:
+        """The KL weight after ``epochs_done`` (possibly fractional) epochs of warm-up."""
+        return kl_warmup_weight(epochs_done, self.kl_warmup, self.beta)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -104,7 +145,7 @@ class NegativeELBO(nn.Module):
 
 
 class Trainer:
-    """SVI for a model/guide pair: ``Trace_ELBO`` gradients, fused ``torch.optim.Adam``.
+    """SVI for a model/guide pair: the config's objective, fused ``torch.optim.Adam``.
 
     The model is a ``PyroModule`` with module-local parameters (the VAE and
     its variants), so the optimiser holds ``model.parameters()`` directly and
@@ -115,9 +156,8 @@ class Trainer:
             ``batch_args(x, labels) -> args``.
         config: :class:`TrainConfig`.
         objective: a Pyro ELBO (anything with ``differentiable_loss``);
-            default :class:`~pplvae.trace_elbo.FastTrace_ELBO` (``Trace_ELBO``'s
-            value and gradients without its host syncs; reparameterized
-            single-sample gradients).
+            default ``config.build_objective()``. Per-epoch split terms need
+            ``loss_terms`` (every :mod:`pplvae.objectives` objective has it).
 
     Adam is the fused implementation on the CPU and CUDA (one kernel for all
     parameters instead of a Python loop over them; the same update up to
@@ -128,7 +168,7 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
-        self.loss = NegativeELBO(self.model, objective)
+        self.loss = NegativeELBO(self.model, objective if objective is not None else config.build_objective())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
                                           fused=self.device.type in ("cpu", "cuda"))
         self.epoch = 0
@@ -143,7 +183,9 @@ class Trainer:
         return loss.detach()
 
     def train_epoch(self, data: ImageData, progress: bool = False) -> float:
-        """One pass over the training set; returns its mean ELBO per datapoint (nats)."""
+        """One pass over the training set; returns the mean of the objective per datapoint
+        over its steps (nats; the ELBO for ``"elbo"`` at beta 1). With ``kl_warmup``
+        the objective's beta is set before every step."""
         from tqdm.auto import tqdm
 
         self.model.train()
@@ -155,6 +197,8 @@ class Trainer:
                    mininterval=1.0)
         seen = 0
         for i, (x, labels) in enumerate(bar):
+            if self.config.kl_warmup > 0:
+                self.loss.objective.beta = self.config.beta_at(self.epoch + i / steps)
             total += self.step(*self.model.batch_args(x, labels)) * x.shape[0]
             seen += x.shape[0]
             if progress and (i % 50 == 0 or i == steps - 1):
@@ -164,11 +208,54 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, data: ImageData) -> float:
         """The test set's ELBO per datapoint (nats), one sample of z per datapoint."""
+        return self.evaluate_terms(data.test_batches(self.config.eval_batch_size))["elbo"]
+
+    @torch.no_grad()
+    def evaluate_terms(self, batches) -> dict[str, float]:
+        """The objective's terms per datapoint over ``(x, labels)`` batches.
+
+        Returns ``reconstruction`` (E_q log p(x|z), nats), ``kl`` (KL(q(z|x) ||
+        p(z)), nats, estimated as the objective does), ``mmd`` for the MMD
+        objective (MMD^2 of each batch against a prior sample, averaged over
+        batches weighted by size; unitless), ``total`` (the objective at the
+        current beta) and ``elbo`` = reconstruction - kl, one draw of z per
+        datapoint (K draws averaged for IWAE, whose ``total`` is the K-sample
+        bound).
+        """
         self.model.eval()
-        total = torch.zeros((), device=self.device)
-        for x, labels in data.test_batches(self.config.eval_batch_size):
-            total += self.loss(*self.model.batch_args(x, labels)) * x.shape[0]
-        return -total.item() / data.x_test.shape[0]
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        for x, labels in batches:
+            terms = self.loss.objective.loss_terms(self.model.model, self.model.guide, *self.model.batch_args(x, labels))
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+            n += x.shape[0]
+        means = {key: value.item() / n for key, value in sums.items()}
+        return {**means, "elbo": means["reconstruction"] - means["kl"]}
+
+    def epoch_metrics(self, data: ImageData) -> dict[str, float]:
+        """Split terms after an epoch, per datapoint: ``train_*`` on the first
+        ``len(x_test)`` training images (a fixed subset the size of the test
+        set, or all of a smaller training set; binarized once with a fixed
+        seed when the data are binarized, so train and test compare like for
+        like), ``test_*`` on the test set, and the ``beta`` in force at the end
+        of the epoch."""
+        if self.config.kl_warmup > 0:
+            self.loss.objective.beta = self.config.beta_at(self.epoch)
+        size = self.config.eval_batch_size
+        n = min(len(data.x_test), len(data.x_train))
+        x_train = data.x_train[:n]
+        if data.binarized:
+            x_train = binarize(x_train, torch.Generator(x_train.device).manual_seed(TRAIN_SUBSET_BINARIZATION_SEED))
+        y_train = None if data.y_train is None else data.y_train[:n]
+        train = self.evaluate_terms(
+            (x_train[i : i + size], None if y_train is None else y_train[i : i + size]) for i in range(0, n, size)
+        )
+        test = self.evaluate_terms(data.test_batches(size))
+        row = {f"train_{key}": value for key, value in train.items()}
+        row.update({f"test_{key}": value for key, value in test.items()})
+        row["beta"] = self.loss.objective.beta
+        return row
 
     def state_dict(self) -> dict:
         rng = {"pyro": pyro.util.get_rng_state(), "python": random.getstate()}
@@ -193,8 +280,13 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
     def metrics(self) -> pd.DataFrame:
-        """Per-epoch metrics: epoch, train_elbo, test_elbo (nats per datapoint), seconds."""
-        return pd.DataFrame(self.history, columns=["epoch", "train_elbo", "test_elbo", "seconds"])
+        """Per-epoch metrics: epoch, train_elbo, test_elbo (nats per datapoint), the split terms
+        ``{train,test}_{reconstruction,kl[,mmd],total}`` (per datapoint), beta, seconds."""
+        columns = ["epoch", "train_elbo", "test_elbo"]
+        for side in ("train", "test"):
+            columns += [f"{side}_{key}" for key in ("reconstruction", "kl", "mmd", "total")
+                        if not self.history or f"{side}_{key}" in self.history[0]]
+        return pd.DataFrame(self.history, columns=columns + ["beta", "seconds"])
 
 
 def default_run_config(model: nn.Module, data: ImageData, config: TrainConfig) -> dict:
@@ -242,7 +334,12 @@ def fit(
 
     Returns:
         DataFrame with one row per epoch: ``epoch``, ``train_elbo``,
-        ``test_elbo`` (nats per datapoint; higher is better), ``seconds``.
+        ``test_elbo`` (nats per datapoint; higher is better), the objective's
+        split terms per datapoint (``train_reconstruction``, ``train_kl``,
+        ``train_mmd`` for the MMD objective, ``train_total``, and the same for
+        ``test``; see :meth:`Trainer.evaluate_terms`), ``beta`` and
+        ``seconds``. ``train_*`` are measured after the epoch on a fixed
+        subset of the training set as large as the test set.
 
     Raises:
         ValueError: the data's width does not match the model's ``x_dim``.
@@ -275,11 +372,9 @@ def fit(
     with pyro.validation_enabled(config.validate):
         while trainer.epoch < config.epochs:
             start = time.perf_counter()
-            train_elbo = trainer.train_epoch(data, progress)
-            test_elbo = trainer.evaluate(data)
+            trainer.train_epoch(data, progress)
             trainer.epoch += 1
-            row = dict(epoch=trainer.epoch, train_elbo=train_elbo, test_elbo=test_elbo,
-                       seconds=time.perf_counter() - start)
+            row = dict(epoch=trainer.epoch, **trainer.epoch_metrics(data), seconds=time.perf_counter() - start)
             trainer.history.append(row)
             logger.info("epoch %(epoch)d: train ELBO %(train_elbo).2f, test ELBO %(test_elbo).2f nats", row)
             if run_dir is not None:

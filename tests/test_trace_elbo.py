@@ -81,7 +81,7 @@ def test_makes_no_host_sync(monkeypatch):
 def test_trainer_step_is_the_trace_elbo_loss_per_datapoint():
     vae = VAE(VAEConfig(x_dim=12, z_dim=3, hidden_dims=(8,)))
     trainer = Trainer(vae, TrainConfig(device="cpu"))
-    assert isinstance(trainer.loss.objective, FastTrace_ELBO)
+    assert isinstance(trainer.loss.objective, FastTrace_ELBO)  # the default "elbo" objective at beta=1
     x = torch.bernoulli(torch.full((6, 12), 0.3))
     pyro.set_rng_seed(2)
     expected = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x).detach() / 6
@@ -89,3 +89,17 @@ def test_trainer_step_is_the_trace_elbo_loss_per_datapoint():
     with pyro.validation_enabled(False):
         actual = trainer.step(x)
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_beta_elbo_takes_the_fast_path_at_beta_1_and_scales_latents_otherwise():
+    from pplvae.objectives import make_objective
+
+    vae = VAE(VAEConfig(x_dim=12, z_dim=3, hidden_dims=(8,)))
+    x = torch.bernoulli(torch.full((5, 12), 0.3))
+    for beta in (1.0, 0.3):
+        pyro.set_rng_seed(4)
+        expected = make_objective("elbo", beta=beta).differentiable_loss(vae.model, vae.guide, x)  # validation on
+        pyro.set_rng_seed(4)
+        with pyro.validation_enabled(False):
+            actual = make_objective("elbo", beta=beta).differentiable_loss(vae.model, vae.guide, x)
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-5)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from pplvae.models.cvae import CVAE, CVAEConfig
+from pplvae.models.hvae import HVAE, HVAEConfig
+from pplvae.models.quadrant import QuadrantBaseline, QuadrantConfig, QuadrantCVAE
 from pplvae.models.vae import VAE, VAEConfig
 
 #: Model classes by the name the command line and saved configs use.
-MODELS = {VAE.name: VAE}
+MODELS = {cls.name: cls for cls in (VAE, CVAE, HVAE, QuadrantBaseline, QuadrantCVAE)}
 
 
 def build_model(name: str, **config) -> VAE:
@@ -27,4 +30,17 @@ def model_config(model) -> dict:
     return {"name": model.name, **asdict(model.config)}
 
 
-__all__ = ["MODELS", "VAE", "VAEConfig", "build_model", "model_config"]
+__all__ = [
+    "CVAE",
+    "CVAEConfig",
+    "HVAE",
+    "HVAEConfig",
+    "MODELS",
+    "QuadrantBaseline",
+    "QuadrantCVAE",
+    "QuadrantConfig",
+    "VAE",
+    "VAEConfig",
+    "build_model",
+    "model_config",
+]
