@@ -17,6 +17,7 @@ from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa:
 from pplvae.models import CVAE, HVAE, MODELS, VAE, CVAEConfig, HVAEConfig, VAEConfig, build_model  # noqa: E402
 from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
 from pplvae.runs import Run, load_run  # noqa: E402
+from pplvae.trace_elbo import FastTrace_ELBO  # noqa: E402
 from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E402
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __all__ = [
     "CVAE",
     "CVAEConfig",
     "DataNotFoundError",
+    "FastTrace_ELBO",
     "HVAE",
     "HVAEConfig",
     "ImageData",

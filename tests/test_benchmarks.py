@@ -1,4 +1,8 @@
-"""Smoke test of the benchmark script with tiny flags, in a subprocess (as Pyro's tests/test_examples.py)."""
+"""The benchmark scripts run end to end with tiny settings (in a subprocess, as Pyro's
+tests/test_examples.py), and the speed benchmark's floor computes pplvae's estimator.
+
+No timing is asserted: speed is measured by ``python -m benchmarks.speed``, not tested.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,13 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyro
+import torch
+from pyro.infer import Trace_ELBO
+
+import pplvae
+from benchmarks.torch_vae import load_into, torch_vae_like
+from pplvae import VAE, VAEConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,3 +35,64 @@ def test_marginal_throughput_runs_with_tiny_flags(tmp_path, data_dir):
     assert row["decoder_gflop"] == 2 * (50 * 200 + 200 * 200 + 200 * 784) * 20 * 10 / 1e9
     assert row["decoder_gflops_per_s"] > 0 and row["mm_gflops_per_s"] > 0 and row["peak_memory_mib"] > 0
     assert row["elbo"] <= row["log_px"]
+
+
+def run_benchmark(name, *args):
+    command = [sys.executable, "-m", f"benchmarks.{name}", *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_hand_written_loss_is_trace_elbo_on_the_same_weights_and_noise():
+    vae = VAE(VAEConfig(x_dim=12, z_dim=3, hidden_dims=(8, 6)))
+    twin = torch_vae_like(vae)
+    x = torch.bernoulli(torch.full((5, 12), 0.4))
+    pyro.set_rng_seed(3)
+    expected = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x) / 5
+    pyro.set_rng_seed(3)
+    torch.testing.assert_close(twin(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_round_trip_between_pplvae_and_the_hand_written_vae():
+    vae = VAE(VAEConfig(x_dim=12, z_dim=3, hidden_dims=(8,)))
+    twin = torch_vae_like(vae)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)
+    other = VAE(vae.config)
+    load_into(other, twin)
+    state = other.state_dict()
+    for name, value in twin.state_dict().items():
+        torch.testing.assert_close(state[name], value, msg=name)
+
+
+def test_speed_script_writes_its_tables(tmp_path, data_dir):
+    out = run_benchmark("speed", "--nets", "burda", "--batch-sizes", "8", "--steps", "2", "--repeats", "2",
+                        "--warmup", "1", "--train-size", "64", "--threads", "1", "--device", "cpu",
+                        "--data-dir", str(data_dir), "--out", str(tmp_path))
+    assert "pplvae / torch" in out
+    summary = pd.read_csv(tmp_path / "speed.csv")
+    assert set(summary.contender) == {"pplvae", "torch", "torch, Adam defaults", "pyro recipe"}
+    assert (summary.wall_ms > 0).all()
+    assert (tmp_path / "speed.md").exists() and (tmp_path / "speed.png").exists()
+
+
+def test_quality_script_writes_its_tables(tmp_path, data_dir):
+    k = "8" if hasattr(pplvae, "log_marginal_likelihood") else "0"
+    out = run_benchmark("quality", "--schedule", "constant", "--epochs", "1", "--batch-size", "50",
+                        "--train-size", "200", "--test-size", "20", "--num-samples", k,
+                        "--freyface-epochs", "1", "--device", "cpu", "--data-dir", str(data_dir),
+                        "--out", str(tmp_path))
+    assert "Frey Face" in out
+    frame = pd.read_csv(tmp_path / "quality.csv")
+    assert list(frame.model) == ["pplvae", "hand-written PyTorch", "pplvae"]
+    # Same weights, data order and noise: the two MNIST models end (almost) where they started together.
+    assert abs(frame["test ELBO"][0] - frame["test ELBO"][1]) < 0.1
+    assert (tmp_path / "quality.md").exists() and (tmp_path / "quality.png").exists()
+
+
+def test_trace_once_script_runs(data_dir):
+    out = run_benchmark("trace_once", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--threads", "1",
+                        "--no-compile", "--data-dir", str(data_dir))
+    assert "replayed" in out and "pplvae" in out

@@ -27,6 +27,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pplvae.objectives.latent_scale import scale_latents
 from pplvae.objectives.terms import RngNeutralPlateGuess, kl_term, reconstruction
+from pplvae.trace_elbo import FastTrace_ELBO
 
 __all__ = ["BetaTrace_ELBO", "BetaTraceMeanField_ELBO"]
 
@@ -75,14 +76,23 @@ class _BetaMixin(RngNeutralPlateGuess):
         return {"reconstruction": recon, "kl": kl, "total": recon - self._beta * kl}
 
 
-class BetaTrace_ELBO(_BetaMixin, Trace_ELBO):
+class BetaTrace_ELBO(_BetaMixin, FastTrace_ELBO):
     """:class:`~pyro.infer.Trace_ELBO` with the latent term weighted by beta.
+
+    At ``beta == 1`` it is :class:`~pplvae.trace_elbo.FastTrace_ELBO`
+    (Trace_ELBO's value and gradients without its host syncs); at any other
+    beta it is Trace_ELBO on the beta-scaled programs.
 
     :param beta: weight of the KL term, ``>= 0``; ``1`` gives the ELBO.
     :param kwargs: passed to :class:`~pyro.infer.Trace_ELBO`
         (``num_particles``, ``vectorize_particles``, ...).
     :raises ValueError: if ``beta < 0``.
     """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        if self._beta != 1.0:  # the fast path does not go through _get_trace, which scales the latents
+            return Trace_ELBO.differentiable_loss(self, model, guide, *args, **kwargs)
+        return super().differentiable_loss(model, guide, *args, **kwargs)
 
 
 class BetaTraceMeanField_ELBO(_BetaMixin, TraceMeanField_ELBO):

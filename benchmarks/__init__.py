@@ -1,0 +1,11 @@
+"""Benchmarks of pplvae against a hand-written PyTorch VAE and Pyro's VAE example recipe.
+
+Run from the repository root (see ``docs/benchmarks.md``)::
+
+    python -m benchmarks.speed        # ms per SVI step, side by side
+    python -m benchmarks.quality      # test log p(x) agreement and the papers' numbers
+    python -m benchmarks.trace_once   # what pplvae's remaining overhead is made of
+
+``benchmarks/marginal_throughput.py`` (a script) measures the log p(x)
+estimator's throughput; see ``docs/marginal_likelihood.md``.
+"""
