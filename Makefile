@@ -32,6 +32,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	rm -rf $(RUN_DIR)
 	$(BIN)/pplvae train --dataset mnist --epochs $(EPOCHS) --out $(RUN_DIR)
+	$(BIN)/pplvae evaluate $(RUN_DIR) --num-samples $(EVAL_SAMPLES) --max-examples $(EVAL_EXAMPLES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
