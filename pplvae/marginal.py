@@ -208,7 +208,7 @@ def log_marginal_likelihood(
         k_chunk, n_chunk = _chunk_shape(num_samples, num_data, probe.cell_bytes, max_memory_bytes)
         group_sizes = tuple(k for k in BOUND_SIZES if k < num_samples)
         tail_size = _tail_size(num_samples) + 1  # the M largest and the cutoff below them
-        results = []
+        out = None  # per-datapoint results, filled chunk by chunk
         for start in range(0, num_data, n_chunk):
             stop = min(start + n_chunk, num_data)
             chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
@@ -221,16 +221,20 @@ def log_marginal_likelihood(
                 acc.update(log_w)
                 if progress is not None:
                     progress(k * (stop - start))
-            results.append(acc.finish())
-    cat = {key: torch.cat([r[key] for r in results]) for key in ("log_px", "ess")}
-    bounds = {g: torch.cat([r["bounds"][g] for r in results]) for g in group_sizes}
-    bounds[num_samples] = cat["log_px"]
-    tail = torch.cat([r["tail"] for r in results], dim=1)  # (M + 1, N), sorted descending
+            # Written into tensors allocated once, rather than kept as small
+            # per-chunk tensors until the end.
+            chunk = acc.finish()
+            if out is None:
+                out = {key: value.new_empty(value.shape[:-1] + (num_data,)) for key, value in chunk.items()}
+            for key, value in chunk.items():
+                out[key][..., start:stop] = value
+    bounds = {g: out[f"iwae_{g}"] for g in group_sizes}
+    bounds[num_samples] = out["log_px"]
     return MarginalLikelihood(
-        log_px=cat["log_px"],
+        log_px=out["log_px"],
         bounds=bounds,
-        ess=cat["ess"],
-        pareto_k=_pareto_k(tail).to(tail.device),
+        ess=out["ess"],
+        pareto_k=_pareto_k(out["tail"]).to(out["tail"].device),  # tail: (M + 1, N), descending
         num_samples=num_samples,
         chunk_shape=(k_chunk, n_chunk),
     )
@@ -421,12 +425,14 @@ class _StreamingWeights:
         both = torch.cat([self.tail, log_w])
         self.tail = both.topk(min(self.tail_size, both.shape[0]), dim=0).values  # descending
 
-    def finish(self) -> dict:
-        log_px = self.max + torch.log(self.sum_w) - math.log(self.count)
-        bounds = {
-            g: self.group_sum[g] / (self.count // g) - math.log(g) for g in self.group_sizes
-        }
-        return {"log_px": log_px, "ess": self.sum_w**2 / self.sum_w2, "bounds": bounds, "tail": self.tail}
+    def finish(self) -> dict[str, torch.Tensor]:
+        """``log_px``, ``ess``, ``iwae_<g>`` for each group size g: (n,); ``tail``: (<= tail_size, n)."""
+        out = {"log_px": self.max + torch.log(self.sum_w) - math.log(self.count)}
+        out["ess"] = self.sum_w**2 / self.sum_w2
+        for g in self.group_sizes:
+            out[f"iwae_{g}"] = self.group_sum[g] / (self.count // g) - math.log(g)
+        out["tail"] = self.tail
+        return out
 
 
 def _pareto_k(tail: torch.Tensor) -> torch.Tensor:
