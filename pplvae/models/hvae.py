@@ -16,7 +16,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pplvae.models.vae import check_data
+from pplvae.models.vae import VAE, check_data
 from pplvae.networks import DECODERS, GaussianEncoder
 
 
@@ -102,9 +102,8 @@ class HVAE(PyroModule):
 
     # Helpers for pictures and evaluation; the math is all above.
 
-    def batch_args(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
-        """The arguments of ``model``/``guide`` for a minibatch: ``(x,)``."""
-        return (x,)
+    batch_args = VAE.batch_args  # (x,): the labels are not used
+    reconstruct = VAE.reconstruct  # decode(E_q[z1 | x])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z1_loc, z1_scale)`` of q(z1 | x), each (N, z1_dim)."""
@@ -119,7 +118,3 @@ class HVAE(PyroModule):
         z2 = dist.Normal(self.prior_loc, self.prior_scale).sample((num_samples,))
         z1 = dist.Normal(*self.prior_z1(z2)).sample()
         return self.decode(z1)
-
-    def reconstruct(self, x: torch.Tensor, *args) -> torch.Tensor:
-        """Mean of p(x | z1 = E_q[z1 | x]): (N, x_dim)."""
-        return self.decode(self.encode(x)[0])
