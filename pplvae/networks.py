@@ -9,7 +9,34 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
+from pplvae.distributions import IndependentBernoulli
+
+
+class Tanh(nn.Module):
+    """tanh, elementwise: (...) -> (...), as ``nn.Tanh`` but faster where no gradient is needed.
+
+    Under autograd this is ``torch.tanh``. Without (``torch.no_grad()``, as in
+    :func:`pplvae.log_marginal_likelihood`) it computes the same function as
+    tanh(x) = 2 sigmoid(2x) - 1, because PyTorch's CPU ``tanh`` kernel costs
+    about 3x its ``sigmoid`` kernel, and the decoder's two hidden tanh layers
+    would otherwise take a tenth of the time of importance sampling with
+    K = 5000. The two forms differ by float rounding (absolute error below
+    2.4e-7 in float32: the subtraction of 1 from a number in [0, 2]).
+
+    Example:
+        >>> x = torch.linspace(-5, 5, 11)
+        >>> with torch.no_grad():
+        ...     torch.allclose(Tanh()(x), torch.tanh(x), rtol=0, atol=3e-7)
+        True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return torch.tanh(x)
+        return (2 * x).sigmoid_().mul_(2).sub_(1)  # one new tensor, then in place
+
+
+ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
 
 
 def mlp(in_dim: int, hidden_dims: Sequence[int], activation: str = "tanh") -> nn.Sequential:
@@ -60,8 +87,10 @@ class GaussianEncoder(nn.Module):
 class BernoulliDecoder(nn.Module):
     """p(x | z) = prod_d Bernoulli(x_d; sigmoid(logits_d(z))), an MLP (Kingma & Welling 2013, C.1).
 
-    ``forward(z)`` maps (..., z_dim) to a distribution with batch shape (...) and
-    event shape (x_dim,); ``mean(z)`` gives the pixel probabilities (..., x_dim).
+    ``forward(z)`` maps (..., z_dim) to an :class:`~pplvae.distributions.IndependentBernoulli`,
+    i.e. ``Bernoulli(logits).to_event(1)`` with a fast gradient-free ``log_prob``,
+    batch shape (...) and event shape (x_dim,); ``mean(z)`` gives the pixel
+    probabilities (..., x_dim).
     """
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
@@ -70,8 +99,7 @@ class BernoulliDecoder(nn.Module):
         self.logits = nn.Linear(hidden_dims[-1] if hidden_dims else z_dim, x_dim)
 
     def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
-        logits = self.logits(self.body(z))
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
+        return IndependentBernoulli(self.logits(self.body(z)), validate_args=False)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(self.body(z)))
