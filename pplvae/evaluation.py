@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pplvae.checkpoint import save_csv
 from pplvae.data.images import TEST_BINARIZATION_SEED, binarize
-from pplvae.marginal import DEFAULT_MAX_MEMORY_BYTES, log_marginal_likelihood
+from pplvae.marginal import log_marginal_likelihood
 from pplvae.runs import load_run
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def evaluate_run(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     seed: int = 0,
-    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    max_memory_bytes: int | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Estimate log p(x) of a trained run's model on a split and write ``RUN/evaluation.csv``.
@@ -58,7 +58,8 @@ def evaluate_run(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         data_dir, download: where the run's data set is read from (as in ``load_dataset``).
         seed: seeds torch/Pyro before sampling.
-        max_memory_bytes: the estimator's memory budget per chunk.
+        max_memory_bytes: the estimator's memory budget per chunk, bytes; None:
+            :func:`pplvae.marginal.default_memory_budget` of the device.
         progress: show a tqdm progress bar over the K x N samples.
 
     Returns:

@@ -40,10 +40,18 @@ from pyro import poutine
 from pyro.ops.stats import fit_generalized_pareto
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["MarginalLikelihood", "log_marginal_likelihood"]
+__all__ = ["MarginalLikelihood", "default_memory_budget", "log_marginal_likelihood"]
 
-DEFAULT_MAX_MEMORY_BYTES = 256 * 2**20
-"""Default budget for one chunk's per-sample tensors: 256 MiB."""
+CPU_MEMORY_BYTES = 64 * 2**20
+"""Default budget for one chunk on a CPU: 64 MiB.
+
+Large enough that the fixed cost of one call of model and guide (Pyro's
+tracing, the guide's encoder) is small beside a chunk's arithmetic, small
+enough that a chunk's tensors mostly stay in the processor's caches; larger
+chunks are slower on a CPU (docs/marginal_likelihood.md, Benchmark).
+"""
+CUDA_MEMORY_BYTES = 4 * 2**30
+"""Default budget for one chunk on a GPU: 4 GiB, or a quarter of the free GPU memory if less."""
 
 BOUND_SIZES = (1, 5, 50)
 """Group sizes k of the IWAE bounds reported beside the K-sample estimate."""
@@ -134,7 +142,7 @@ def log_marginal_likelihood(
     *args,
     num_samples: int = 1000,
     plate_name: str = "data",
-    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    max_memory_bytes: Optional[int] = None,
     progress: Optional[Callable[[int], None]] = None,
     **kwargs,
 ) -> MarginalLikelihood:
@@ -154,7 +162,8 @@ def log_marginal_likelihood(
     Chunking: the K samples and N datapoints are split into chunks of
     ``(k_chunk, n_chunk)`` such that a chunk's estimated memory (four copies
     of every site's batch+event tensor, from a probe run on 4 datapoints) is at
-    most ``max_memory_bytes``; hidden activations of networks are not seen
+    most ``max_memory_bytes`` (the K samples split evenly where they need
+    several chunks); hidden activations of networks are not seen
     by a trace, so the budget is a target, not a hard cap. Results are
     accumulated in streaming form (float64 running max, sums and top-M tail
     per datapoint), never materialising the (K, N) log-weights. Given the same
@@ -171,7 +180,9 @@ def log_marginal_likelihood(
         guide: the guide program q(z | x); same arguments.
         num_samples: K >= 1, the number of importance samples per datapoint.
         plate_name: name of the plate over datapoints.
-        max_memory_bytes: memory budget for one chunk, bytes (default 256 MiB).
+        max_memory_bytes: memory budget for one chunk, bytes; None:
+            :func:`default_memory_budget` of the data's device (64 MiB on a
+            CPU, up to 4 GiB on a GPU).
         progress: called after every chunk with the number of (sample, datapoint)
             pairs just done; they add up to K * N.
 
@@ -202,7 +213,9 @@ def log_marginal_likelihood(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
-    num_data = _num_data(args, kwargs)
+    num_data, device = _num_data(args, kwargs)
+    if max_memory_bytes is None:
+        max_memory_bytes = default_memory_budget(device)
     with torch.no_grad(), poutine.block():
         probe = _probe(model, guide, args, kwargs, num_data, plate_name)
         k_chunk, n_chunk = _chunk_shape(num_samples, num_data, probe.cell_bytes, max_memory_bytes)
@@ -246,10 +259,29 @@ class _Probe:
     cell_bytes: int  # estimated bytes per (sample, datapoint) of one model+guide run
 
 
-def _num_data(args: tuple, kwargs: dict) -> int:
+def default_memory_budget(device: torch.device | str) -> int:
+    """The default ``max_memory_bytes`` of :func:`log_marginal_likelihood` on ``device``, bytes.
+
+    ``CPU_MEMORY_BYTES`` (64 MiB) on a CPU; on a CUDA device
+    ``CUDA_MEMORY_BYTES`` (4 GiB) or a quarter of the memory free on it, whichever
+    is less, since a GPU needs large chunks to be busy.
+
+    Example:
+        >>> default_memory_budget("cpu") // 2**20
+        64
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return min(CUDA_MEMORY_BYTES, free // 4)
+    return CPU_MEMORY_BYTES
+
+
+def _num_data(args: tuple, kwargs: dict) -> tuple[int, torch.device]:
+    """N, dim 0 of the first tensor argument, and that tensor's device."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
+            return value.shape[0], value.device
     raise ValueError(
         "log_marginal_likelihood needs a tensor argument whose dim 0 runs over the datapoints."
     )
@@ -338,11 +370,16 @@ def _probe(model, guide, args, kwargs, num_data, plate_name) -> _Probe:
 
 
 def _chunk_shape(num_samples, num_data, cell_bytes, max_memory_bytes) -> tuple[int, int]:
-    """(k_chunk, n_chunk) with k_chunk * n_chunk * cell_bytes <= max_memory_bytes (at least 1 x 1)."""
+    """(k_chunk, n_chunk) with k_chunk * n_chunk * cell_bytes <= max_memory_bytes (at least 1 x 1).
+
+    Where the K samples need several chunks, they are split evenly
+    (ceil(K / chunks) each) rather than into full chunks and a small rest,
+    whose fixed cost per call of model and guide would be paid for few samples.
+    """
     cells = max(1, int(max_memory_bytes // cell_bytes))
     if cells >= num_samples:
         return num_samples, max(1, min(num_data, cells // num_samples))
-    return cells, 1
+    return math.ceil(num_samples / math.ceil(num_samples / cells)), 1
 
 
 def _log_weights(model, guide, args, kwargs, num_particles, plate_name, max_plate_nesting):

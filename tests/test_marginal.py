@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pplvae import MarginalLikelihood, log_marginal_likelihood
-from pplvae.marginal import _pareto_k, _StreamingWeights, _tail_size
+from pplvae.marginal import _chunk_shape, _pareto_k, _StreamingWeights, _tail_size, default_memory_budget
 
 X_DIM, Z_DIM, Y_DIM, NUM_DATA = 5, 3, 2, 40
 EXACT_ATOL = 1e-10  # nats; float64 rounding of sums of ~10 terms of size ~10
@@ -185,6 +185,21 @@ def test_exact_posterior_chunked_equals_unchunked(lg, x):
     for k in whole.bounds:
         torch.testing.assert_close(tiny.bounds[k], whole.bounds[k], rtol=0, atol=EXACT_ATOL)
     torch.testing.assert_close(tiny.ess, whole.ess, rtol=1e-9, atol=0)
+
+
+def test_chunk_shapes_fit_the_budget_and_split_samples_evenly():
+    cell = 14_000  # bytes per (sample, datapoint), about the 784-pixel VAE's
+    assert _chunk_shape(5000, 10_000, cell, 64 * 2**20) == (2500, 1)  # 4793 cells: 2 x 2500, not 4793 + 207
+    assert _chunk_shape(5000, 10_000, cell, 256 * 2**20) == (5000, 3)
+    assert _chunk_shape(1000, 3, cell, 256 * 2**20) == (1000, 3)  # never more datapoints than there are
+    assert _chunk_shape(7, 2, 10**9, 1) == (1, 1)  # at least one cell, whatever the budget
+    for k in (1, 999, 5000, 12_345):
+        for budget in (10**5, 10**6, 64 * 2**20):
+            k_chunk, n_chunk = _chunk_shape(k, 50, cell, budget)
+            assert k_chunk * n_chunk * cell <= max(budget, cell)
+            chunks = math.ceil(k / k_chunk)
+            assert chunks * k_chunk - k < chunks  # the last chunk is short by less than one per chunk
+    assert default_memory_budget("cpu") == 64 * 2**20
 
 
 def test_worse_guide_chunked_matches_unchunked_in_distribution(lg, x):
