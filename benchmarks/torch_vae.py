@@ -18,6 +18,7 @@ nothing from pplvae.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -80,6 +81,30 @@ class TorchVAE(nn.Module):
         nll = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
         kl = 0.5 * (z.pow(2) - eps.pow(2)).sum() - z_scale.log().sum()  # log q(z|x) - log p(z)
         return (nll + kl) / x.shape[0]
+
+
+@torch.no_grad()
+def log_marginal_likelihood(twin: TorchVAE, x: torch.Tensor, num_samples: int, chunk_samples: int = 2500,
+                            ) -> torch.Tensor:
+    """The hand-written importance-sampled log p(x): (N,) nats per datapoint (Burda et al. 2016, eq. 8).
+
+    log p̂(x_i) = logsumexp_k [log p(x_i | z_k) + log p(z_k) - log q(z_k | x_i)] - log K with
+    z_k ~ q(z | x_i), one datapoint at a time, ``chunk_samples`` samples per
+    decoder call: what a researcher writes without a probabilistic-programming
+    layer, with PyTorch's own ``binary_cross_entropy_with_logits`` and ``nn.Tanh``.
+    """
+    out = []
+    for x_i in x.split(1):  # (1, x_dim)
+        z_loc, z_scale = twin.encoder(x_i)  # (1, z_dim) each
+        log_w = []
+        for start in range(0, num_samples, chunk_samples):
+            eps = torch.randn(min(chunk_samples, num_samples - start), z_loc.shape[-1], device=x.device)
+            z = z_loc + z_scale * eps  # (k, z_dim)
+            log_px_z = -F.binary_cross_entropy_with_logits(
+                twin.decoder(z), x_i.expand(len(z), -1), reduction="none").sum(-1)  # (k,)
+            log_w.append(log_px_z - 0.5 * (z.pow(2) - eps.pow(2)).sum(-1) + z_scale.log().sum())
+        out.append(torch.logsumexp(torch.cat(log_w), 0) - math.log(num_samples))
+    return torch.stack(out)
 
 
 def make_step(twin: TorchVAE, optimizer: torch.optim.Optimizer):
