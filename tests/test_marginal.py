@@ -13,6 +13,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.ops.stats import fit_generalized_pareto
 
 from pplvae import MarginalLikelihood, log_marginal_likelihood
 from pplvae.marginal import _chunk_shape, _pareto_k, _StreamingWeights, _tail_size, default_memory_budget
@@ -199,7 +200,7 @@ def test_chunk_shapes_fit_the_budget_and_split_samples_evenly():
             assert k_chunk * n_chunk * cell <= max(budget, cell)
             chunks = math.ceil(k / k_chunk)
             assert chunks * k_chunk - k < chunks  # the last chunk is short by less than one per chunk
-    assert default_memory_budget("cpu") == 64 * 2**20
+    assert default_memory_budget("cpu") == 32 * 2**20 * torch.get_num_threads()
 
 
 def test_worse_guide_chunked_matches_unchunked_in_distribution(lg, x):
@@ -323,6 +324,39 @@ def test_bernoulli_likelihood_against_quadrature():
     result = log_marginal_likelihood(model, guide, x, post_mean, 1.5 * post_sd, num_samples=20000)
     torch.testing.assert_close(result.log_px, exact, rtol=0, atol=0.015)
     assert (result.pareto_k < 0).all()
+
+
+def _pareto_k_one_at_a_time(tail):
+    """The per-datapoint loop over pyro.ops.stats.fit_generalized_pareto that _pareto_k vectorizes."""
+    out = torch.full((tail.shape[1],), math.nan, dtype=torch.float64)
+    rel = tail - tail[0]
+    cutoff = torch.clamp(rel[-1], min=math.log(1e-15))
+    for i in range(tail.shape[1]):
+        exceed = rel[:-1, i][rel[:-1, i] > cutoff[i]]
+        if exceed.numel() >= 10 and torch.isfinite(exceed).all():
+            out[i] = fit_generalized_pareto(exceed.exp() - cutoff[i].exp())[0]
+    return out
+
+
+def test_vectorized_pareto_k_equals_pyros_fit_column_by_column():
+    """Light and heavy tails, tail sizes of K = 50 to 5000, ties and -inf: the same k-hat to 1e-10."""
+    torch.manual_seed(0)
+    for k in (50, 1000, 5000):
+        m = _tail_size(k) + 1
+        columns = [
+            torch.randn(k, 40, dtype=torch.float64),  # light tails: k-hat < 0.5
+            3 * torch.randn(k, 40, dtype=torch.float64),
+            torch.distributions.StudentT(1.5).sample((k, 40)).double().abs().log() * 4,  # heavy tails
+        ]
+        log_w = torch.cat(columns, 1)
+        log_w[:, 0] = 0.0  # all weights tied: no exceedance, NaN
+        log_w[: k // 2, 1] = -math.inf  # half the weights zero
+        log_w[:, 2] = torch.where(torch.arange(k) < 12, 5.0, -50.0).double()  # 12 equal peaks: too few above the cutoff
+        tail = log_w.sort(0, descending=True).values[:m]
+        expected = _pareto_k_one_at_a_time(tail)
+        got = _pareto_k(tail, columns_per_step=7)  # several steps, a short last one
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10, equal_nan=True)
+        assert torch.isnan(got[0]) and torch.isfinite(got[3:]).all()
 
 
 def test_pareto_k_of_a_too_narrow_gaussian_guide():
