@@ -34,8 +34,8 @@ import torch
 __all__ = ["IndependentBernoulli", "bernoulli_log_prob"]
 
 _MAX_BLOCK = 64
-_ROW_BLOCK_BYTES = 2**20
-"""Logits per piece of ``IndependentBernoulli.log_prob``: about a core's L2 cache."""
+_ROW_BLOCK_BYTES_PER_THREAD = 2**19
+"""Logits per piece of ``IndependentBernoulli.log_prob`` and torch thread: half a core's L2 cache."""
 
 
 def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -123,7 +123,7 @@ class IndependentBernoulli(dist.Independent):
 
 
 def _in_row_blocks(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """:func:`bernoulli_log_prob` over pieces of about 1 MiB of logits along dim 0, concatenated.
+    """:func:`bernoulli_log_prob` over pieces of logits along dim 0 (512 KiB per torch thread), concatenated.
 
     On a CPU each piece's temporaries stay in cache, where one pass over a
     (K, N, D) tensor of several MB per elementwise step would go to memory,
@@ -133,7 +133,8 @@ def _in_row_blocks(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """
     if logits.device.type != "cpu" or logits.dim() < 2:
         return bernoulli_log_prob(logits, value)
-    rows = max(1, _ROW_BLOCK_BYTES // max(1, logits[0].nelement() * logits.element_size()))
+    piece_bytes = _ROW_BLOCK_BYTES_PER_THREAD * torch.get_num_threads()  # each thread works on its share
+    rows = max(1, piece_bytes // max(1, logits[0].nelement() * logits.element_size()))
     if torch.broadcast_shapes(logits.shape, value.shape) != logits.shape or rows >= logits.shape[0]:
         return bernoulli_log_prob(logits, value)
     split = value.dim() == logits.dim() and value.shape[0] == logits.shape[0]

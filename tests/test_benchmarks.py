@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_marginal_throughput_runs_with_tiny_flags(tmp_path, data_dir):
     out = tmp_path / "throughput.csv"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PPLVAE_DATA_DIR": str(data_dir)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PPLVAE_DATA_DIR": str(data_dir)}
     cmd = [sys.executable, str(REPO / "benchmarks" / "marginal_throughput.py"), "--num-samples", "20",
            "--num-examples", "10", "--train-size", "200", "--mm-repeats", "2", "--device", "cpu", "--out", str(out),
            "--hand-written"]
