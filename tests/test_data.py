@@ -54,6 +54,16 @@ def test_freyface_from_shared_folder_matches_packaged_copy(data_dir):
     assert torch.equal(load_dataset("freyface", data_dir).x_test, load_dataset("freyface").x_test)
 
 
+def test_freyface_falls_back_to_the_packaged_copy_for_an_mnist_only_folder(tmp_path, monkeypatch):
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)  # a --data-dir / $PPLVAE_DATA_DIR with MNIST alone
+    packaged = load_dataset("freyface").x_test
+    assert torch.equal(load_dataset("freyface", tmp_path).x_test, packaged)
+    monkeypatch.setenv("PPLVAE_DATA_DIR", str(tmp_path))
+    assert torch.equal(load_dataset("freyface").x_test, packaged)
+    with pytest.raises(DataNotFoundError, match="frey_rawface.mat"):  # a named file that is not there
+        load_dataset("freyface", tmp_path / "frey_rawface.mat")
+
+
 def test_missing_folder_names_folders_and_fixes(tmp_path):
     with pytest.raises(DataNotFoundError) as error:
         load_dataset("mnist", tmp_path / "nowhere")

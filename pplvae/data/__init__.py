@@ -33,7 +33,8 @@ def load_dataset(
         name: ``"mnist"`` or ``"freyface"``.
         data_dir: folder holding the files (MNIST: ``MNIST/raw``; Frey Face:
             ``frey_rawface.mat`` or ``FreyFace/``); default: ``$PPLVAE_DATA_DIR``,
-            then the per-user cache (MNIST) or the packaged copy (Frey Face).
+            then the per-user cache (MNIST) or the packaged copy (Frey Face,
+            also used when the folder holds no Frey Face file).
         download: allow a download of MNIST when no folder holds it.
         binarized: dynamic/fixed binarization for Bernoulli likelihoods;
             default True for MNIST and False for Frey Face.
@@ -56,10 +57,10 @@ def load_dataset(
     if name == "mnist":
         data = load_mnist(data_dir, download, True if binarized is None else binarized)
     else:
-        if data_dir is None and os.environ.get(ENV_VAR):
-            shared = os.path.join(os.environ[ENV_VAR], "FreyFace", "frey_rawface.mat")
-            data_dir = shared if os.path.exists(shared) else None
-        data = load_freyface(data_dir, bool(binarized))
+        folder = data_dir if data_dir is not None else os.environ.get(ENV_VAR)
+        if folder is not None and os.path.isdir(folder) and not freyface.find_in_folder(folder):
+            folder = None  # a data folder for MNIST alone: the packaged copy of Frey Face
+        data = load_freyface(folder, bool(binarized))
     if train_size is not None or test_size is not None:
         data = ImageData(
             data.name,

@@ -18,6 +18,13 @@ NUM_TEST = 200
 SPLIT_SEED = 0
 
 
+def find_in_folder(folder: str | os.PathLike) -> Path | None:
+    """``folder/frey_rawface.mat`` or ``folder/FreyFace/frey_rawface.mat``, whichever exists first; else None."""
+    folder = Path(folder)
+    return next((f for f in (folder / "frey_rawface.mat", folder / "FreyFace" / "frey_rawface.mat") if f.exists()),
+                None)
+
+
 def load_freyface(
     path: str | os.PathLike | None = None, binarized: bool = False, num_test: int = NUM_TEST
 ) -> ImageData:
@@ -42,8 +49,7 @@ def load_freyface(
     """
     file = Path(path) if path is not None else PACKAGED_FILE
     if file.is_dir():
-        file = next((f for f in (file / "frey_rawface.mat", file / "FreyFace" / "frey_rawface.mat")
-                     if f.exists()), file / "frey_rawface.mat")
+        file = find_in_folder(file) or file / "frey_rawface.mat"
     try:
         ff = scipy.io.loadmat(file)["ff"]
     except (OSError, ValueError, KeyError) as error:
