@@ -16,7 +16,7 @@ def test_objectives_comparison_smoke(tmp_path, data_dir):
     command = [sys.executable, str(SCRIPT), "--data-dir", str(data_dir), "--train-size", "300",
                "--test-size", "100", "--epochs", "1", "--z-dim", "4", "--hidden-dims", "16",
                "--num-samples", "10", "--eval-size", "20", "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")) if p)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(out / "comparison.csv")
