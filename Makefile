@@ -18,7 +18,7 @@ endif
 
 RUN_DIR ?= runs/mnist-vae
 EPOCHS ?= 20
-EVAL_SAMPLES ?= 1000
+EVAL_SAMPLES ?= 5000
 EVAL_EXAMPLES ?= 1000
 
 .PHONY: run test clean
