@@ -60,7 +60,7 @@ def evaluate_run(
         seed: seeds torch/Pyro before sampling.
         max_memory_bytes: the estimator's memory budget per chunk, bytes; None:
             :func:`pplvae.marginal.default_memory_budget` of the device.
-        progress: show a tqdm progress bar over the K x N samples.
+        progress: show a tqdm progress bar over the K x N samples (on a terminal only).
 
     Returns:
         one-row DataFrame, nats per datapoint averaged over the split:
@@ -90,7 +90,8 @@ def evaluate_run(
 
     logger.info("estimating log p(x) of %s on %d %s images with K=%d", run_dir, len(x), split, num_samples)
     pyro.set_rng_seed(seed)
-    with tqdm(total=num_samples * len(x), unit="sample", unit_scale=True, disable=not progress,
+    # disable=None: no bar where stderr is not a terminal (a log file would get one line per update)
+    with tqdm(total=num_samples * len(x), unit="sample", unit_scale=True, disable=None if progress else True,
               desc=f"log p(x), K={num_samples}") as bar:
         start = time.perf_counter()
         result = log_marginal_likelihood(

@@ -193,8 +193,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         n = data.x_train.shape[0]
         steps = -(-n // self.config.batch_size)
-        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False,
-                   mininterval=1.0)
+        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}", leave=False, mininterval=1.0,
+                   disable=None if progress else True)  # None: no bar where stderr is not a terminal
         seen = 0
         for i, (x, labels) in enumerate(bar):
             if self.config.kl_warmup > 0:
@@ -327,7 +327,7 @@ def fit(
             everything in memory.
         resume: continue the run in ``run_dir`` from its checkpoint up to
             ``config.epochs``; the result equals an uninterrupted run's.
-        progress: show a tqdm progress bar with the running ELBO.
+        progress: show a tqdm progress bar with the running ELBO (on a terminal only).
         run_config: the JSON-ready config to save, ``{"model", "data", "train"}``;
             default: :func:`default_run_config`.
         on_epoch: called with each epoch's metrics row.
