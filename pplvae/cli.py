@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=SPLITS, default="test")
     evaluate.add_argument("--max-examples", type=int, help="evaluate only the first N images of the split")
     evaluate.add_argument("--max-memory-mb", type=float,
-                          help="memory budget per chunk, MiB (default: 32 per torch thread on a CPU, up to 4096 on a GPU)")
+                          help="memory budget per chunk, MiB (default: 64 per torch thread on a CPU, up to 4096 on a GPU)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -21,6 +21,11 @@ pixels instead of once per pixel. Each step is a plain elementwise or
 reduction kernel (``sigmoid`` is cheap where ``log1p`` and ``tanh`` are not on
 some CPUs), all in the input dtype; the result agrees with the per-pixel
 formula to float rounding of the sums (tests/test_distributions.py).
+
+``LinearBernoulli(h, weight, bias)`` is ``IndependentBernoulli`` of the logits
+``h @ weight.T + bias``, the decoder's last layer, computed only when needed:
+without autograd on a CPU its ``log_prob`` computes them piece by piece, each
+piece of logits used while it is in cache and then dropped.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ import math
 
 import pyro.distributions as dist
 import torch
+from torch.distributions import constraints
 
-__all__ = ["IndependentBernoulli", "bernoulli_log_prob"]
+__all__ = ["IndependentBernoulli", "LinearBernoulli", "bernoulli_log_prob"]
 
 _MAX_BLOCK = 64
 _ROW_BLOCK_BYTES_PER_THREAD = 2**19
@@ -116,29 +122,139 @@ class IndependentBernoulli(dist.Independent):
         """log p(x) summed over the D pixels: (...) nats, from ``value`` (..., D)."""
         if self._validate_args:
             self._validate_sample(value)
-        logits = self.base_dist.logits
-        if torch.is_grad_enabled() and logits.requires_grad:
+        if self._needs_grad():
             return super().log_prob(value)
-        return _in_row_blocks(logits, value)
+        return _in_row_blocks(self, value)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the logits."""
+        return self.base_dist.logits.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the logits (and of ``log_prob``)."""
+        return self.base_dist.logits.dtype
+
+    def logits_of_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Logits of the batch elements ``start:stop`` along dim 0: (stop - start, ..., D)."""
+        return self.base_dist.logits[start:stop]
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and self.base_dist.logits.requires_grad
 
 
-def _in_row_blocks(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """:func:`bernoulli_log_prob` over pieces of logits along dim 0 (512 KiB per torch thread), concatenated.
+def _in_row_blocks(p: IndependentBernoulli, value: torch.Tensor) -> torch.Tensor:
+    """:func:`bernoulli_log_prob` of ``p`` over pieces along dim 0 (512 KiB of logits per torch thread), concatenated.
 
     On a CPU each piece's temporaries stay in cache, where one pass over a
     (K, N, D) tensor of several MB per elementwise step would go to memory,
-    which costs more than the arithmetic. Blocks only on a CPU (a GPU wants
-    few large kernels) and along a dim 0 that ``value`` shares or broadcasts;
-    otherwise computes in one piece.
+    which costs more than the arithmetic; for a :class:`LinearBernoulli` the
+    piece's logits are computed there too, so the whole (K, N, D) tensor of
+    logits never exists. Blocks only on a CPU (a GPU wants few large kernels)
+    and along a dim 0 that ``value`` shares or broadcasts; otherwise computes
+    in one piece.
     """
-    if logits.device.type != "cpu" or logits.dim() < 2:
-        return bernoulli_log_prob(logits, value)
+    shape = p.batch_shape + p.event_shape
+    if p.device.type != "cpu" or len(shape) < 2 or torch.broadcast_shapes(shape, value.shape) != shape:
+        return bernoulli_log_prob(p.logits, value)
     piece_bytes = _ROW_BLOCK_BYTES_PER_THREAD * torch.get_num_threads()  # each thread works on its share
-    rows = max(1, piece_bytes // max(1, logits[0].nelement() * logits.element_size()))
-    if torch.broadcast_shapes(logits.shape, value.shape) != logits.shape or rows >= logits.shape[0]:
-        return bernoulli_log_prob(logits, value)
-    split = value.dim() == logits.dim() and value.shape[0] == logits.shape[0]
+    rows = max(1, piece_bytes // max(1, math.prod(shape[1:]) * p.dtype.itemsize))
+    if rows >= shape[0]:
+        return bernoulli_log_prob(p.logits, value)
+    split = value.dim() == len(shape) and value.shape[0] == shape[0]
     return torch.cat([
-        bernoulli_log_prob(logits[i : i + rows], value[i : i + rows] if split else value)
-        for i in range(0, logits.shape[0], rows)
+        bernoulli_log_prob(p.logits_of_rows(i, i + rows), value[i : i + rows] if split else value)
+        for i in range(0, shape[0], rows)
     ])
+
+
+class LinearBernoulli(IndependentBernoulli):
+    """``IndependentBernoulli(features @ weight.T + bias)``: logits an affine map of features, computed lazily.
+
+    A decoder's last layer and its Bernoulli likelihood in one: the same
+    distribution as ``IndependentBernoulli(F.linear(features, weight, bias))``
+    (batch shape (...), event shape (D,)), but the (..., D) logits are only
+    computed when something asks for them (``logits``, ``mean``, ``sample``,
+    or ``log_prob`` under autograd). Without autograd on a CPU, ``log_prob``
+    computes them piece by piece, each piece right before its log-density,
+    so they stay in cache: with K = 5000 importance samples the (K, N, 784)
+    logits are the largest tensor of the estimate (docs/marginal_likelihood.md).
+
+    Args:
+        features: (..., H) the last hidden layer h.
+        weight: (D, H) and bias: (D,) the last ``nn.Linear``'s parameters.
+        validate_args: as for any torch distribution.
+
+    Example:
+        >>> layer = torch.nn.Linear(200, 784)
+        >>> h, x = torch.randn(5, 3, 200), torch.ones(3, 784)
+        >>> p = LinearBernoulli(h, layer.weight, layer.bias)
+        >>> p.batch_shape, p.event_shape
+        (torch.Size([5, 3]), torch.Size([784]))
+        >>> with torch.no_grad():
+        ...     torch.allclose(p.log_prob(x), IndependentBernoulli(layer(h)).log_prob(x))
+        True
+    """
+
+    # Class attributes, since Independent's properties would compute the logits to ask Bernoulli.
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.boolean, 1)
+    has_rsample = False
+
+    def __init__(self, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, validate_args=None):
+        if weight.dim() != 2 or bias.shape != weight.shape[:1] or features.shape[-1:] != weight.shape[1:]:
+            raise ValueError(
+                f"LinearBernoulli needs features (..., H), weight (D, H) and bias (D,), got "
+                f"{tuple(features.shape)}, {tuple(weight.shape)} and {tuple(bias.shape)}"
+            )
+        self.features, self.weight, self.bias = features, weight, bias
+        self.reinterpreted_batch_ndims = 1
+        self._base, self._validate = None, False
+        dist.TorchDistribution.__init__(self, features.shape[:-1], weight.shape[:1], validate_args=validate_args)
+
+    @property
+    def _validate_args(self) -> bool:  # Pyro's Independent keeps it on the base distribution
+        return self._validate
+
+    @_validate_args.setter
+    def _validate_args(self, value: bool) -> None:
+        self._validate = value
+
+    @property
+    def base_dist(self) -> dist.Bernoulli:
+        """The pixels' ``Bernoulli(logits)``, batch shape (..., D); computes the logits on first use."""
+        if self._base is None:
+            logits = torch.nn.functional.linear(self.features, self.weight, self.bias)
+            self._base = dist.Bernoulli(logits=logits, validate_args=self._validate_args)
+        return self._base
+
+    @base_dist.setter
+    def base_dist(self, value: dist.Bernoulli) -> None:
+        self._base = value
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the features."""
+        return self.features.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the features (and of the logits)."""
+        return self.features.dtype
+
+    def logits_of_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Logits of the batch elements ``start:stop`` along dim 0: (stop - start, ..., D), computed now."""
+        if self._base is not None:
+            return self._base.logits[start:stop]
+        return torch.nn.functional.linear(self.features[start:stop], self.weight, self.bias)
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(t.requires_grad for t in (self.features, self.weight, self.bias))
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        if self._base is not None:  # the logits exist already: expand them
+            return IndependentBernoulli(self._base.logits, self._validate_args).expand(batch_shape)
+        features = self.features.expand(batch_shape + self.features.shape[-1:])
+        return LinearBernoulli(features, self.weight, self.bias, validate_args=self._validate_args)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pplvae.distributions import IndependentBernoulli
+from pplvae.distributions import LinearBernoulli
 
 
 class Tanh(nn.Module):
@@ -89,10 +89,10 @@ class GaussianEncoder(nn.Module):
 class BernoulliDecoder(nn.Module):
     """p(x | z) = prod_d Bernoulli(x_d; sigmoid(logits_d(z))), an MLP (Kingma & Welling 2013, C.1).
 
-    ``forward(z)`` maps (..., z_dim) to an :class:`~pplvae.distributions.IndependentBernoulli`,
-    i.e. ``Bernoulli(logits).to_event(1)`` with a fast gradient-free ``log_prob``,
-    batch shape (...) and event shape (x_dim,); ``mean(z)`` gives the pixel
-    probabilities (..., x_dim).
+    ``forward(z)`` maps (..., z_dim) to a :class:`~pplvae.distributions.LinearBernoulli`,
+    i.e. ``Bernoulli(logits).to_event(1)`` with the last layer's logits computed
+    lazily and a fast gradient-free ``log_prob``, batch shape (...) and event
+    shape (x_dim,); ``mean(z)`` gives the pixel probabilities (..., x_dim).
     """
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
@@ -101,7 +101,7 @@ class BernoulliDecoder(nn.Module):
         self.logits = nn.Linear(hidden_dims[-1] if hidden_dims else z_dim, x_dim)
 
     def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
-        return IndependentBernoulli(self.logits(self.body(z)), validate_args=False)
+        return LinearBernoulli(self.body(z), self.logits.weight, self.logits.bias, validate_args=False)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(self.body(z)))

@@ -1,4 +1,4 @@
-"""IndependentBernoulli and its fast log-density against Bernoulli's own, and the fast tanh."""
+"""IndependentBernoulli, LinearBernoulli and the fast log-density against Bernoulli's own, and the fast tanh."""
 
 import pyro
 import pyro.distributions as dist
@@ -6,7 +6,9 @@ import pytest
 import torch
 from pyro import poutine
 
-from pplvae.distributions import IndependentBernoulli, _block_size, bernoulli_log_prob
+from torch.nn import functional as F
+
+from pplvae.distributions import IndependentBernoulli, LinearBernoulli, _block_size, bernoulli_log_prob
 from pplvae.networks import Tanh
 
 
@@ -104,3 +106,81 @@ def test_tanh_fast_form_and_gradient():
     torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=0)
     y.sum().backward()
     torch.testing.assert_close(x.grad, 1 - torch.tanh(x.detach()) ** 2)
+
+
+def _linear_bernoulli(k=5, n=3, h=20, d=784, seed=5, requires_grad=False):
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(h, d)
+    features = torch.randn(k, n, h, requires_grad=requires_grad)
+    return LinearBernoulli(features, layer.weight, layer.bias), IndependentBernoulli(layer(features)), layer, features
+
+
+def test_linear_bernoulli_is_independent_bernoulli_of_the_layer():
+    p, q, layer, features = _linear_bernoulli(requires_grad=True)
+    x = (torch.rand(3, 784) < 0.5).float()
+    assert (p.batch_shape, p.event_shape) == (q.batch_shape, q.event_shape) == ((5, 3), (784,))
+    assert p._base is None  # nothing computed yet
+    torch.testing.assert_close(p.mean, q.mean)
+    torch.testing.assert_close(p.logits, layer(features))
+    assert p.sample().shape == (5, 3, 784) and not p.has_rsample
+    assert p.support.check(p.sample()).all()
+
+    # Under autograd: Bernoulli's own log-density and the same gradients as the layer's.
+    p, q, layer, features = _linear_bernoulli(requires_grad=True)
+    torch.testing.assert_close(p.log_prob(x), q.log_prob(x), rtol=0, atol=0)
+    grads_p = torch.autograd.grad(p.log_prob(x).sum(), [features, layer.weight, layer.bias])
+    grads_q = torch.autograd.grad(q.log_prob(x).sum(), [features, layer.weight, layer.bias])
+    for a, b in zip(grads_p, grads_q):
+        torch.testing.assert_close(a, b)
+
+
+def test_linear_bernoulli_never_builds_all_logits_without_grad():
+    """On a CPU the no-grad log-density computes the logits piece by piece: equal to one piece, none kept."""
+    p, q, _, _ = _linear_bernoulli(k=1000, n=3, h=50)  # 9 MB of logits: several pieces on any thread count
+    x = (torch.rand(3, 784) < 0.5).float()
+    x_full = (torch.rand(1000, 3, 784) < 0.5).float()
+    with torch.no_grad():
+        torch.testing.assert_close(p.log_prob(x), bernoulli_log_prob(q.logits, x))
+        torch.testing.assert_close(p.log_prob(x_full), bernoulli_log_prob(q.logits, x_full))
+    assert p._base is None
+
+
+def test_linear_bernoulli_expands_its_features():
+    p, q, _, _ = _linear_bernoulli(k=1, n=3)
+    expanded = p.expand((2, 4, 3))
+    assert isinstance(expanded, LinearBernoulli) and expanded.batch_shape == (2, 4, 3)
+    assert expanded._base is None and expanded.features.shape == (2, 4, 3, 20)
+    x = (torch.rand(3, 784) < 0.5).float()
+    with torch.no_grad():
+        torch.testing.assert_close(expanded.log_prob(x), q.expand((2, 4, 3)).log_prob(x))
+    p.logits  # once computed, the logits are expanded instead
+    assert isinstance(p.expand((2, 1, 3)), IndependentBernoulli)
+    torch.testing.assert_close(p.expand((2, 1, 3)).mean, q.expand((2, 1, 3)).mean)
+
+
+def test_linear_bernoulli_rejects_mismatched_shapes():
+    layer = torch.nn.Linear(20, 784)
+    with pytest.raises(ValueError, match=r"features \(\.\.\., H\), weight \(D, H\)"):
+        LinearBernoulli(torch.randn(4, 21), layer.weight, layer.bias)
+    with pytest.raises(ValueError, match="bias"):
+        LinearBernoulli(torch.randn(4, 20), layer.weight, torch.zeros(783))
+
+
+def test_linear_bernoulli_in_a_pyro_model_with_plates_masks_and_scales():
+    torch.manual_seed(6)
+    layer, features = torch.nn.Linear(20, 784), torch.randn(6, 20)
+    x = (torch.rand(6, 784) < 0.5).float()
+    mask = torch.tensor([True, False, True, True, False, True])
+
+    def model(make):
+        with pyro.plate("particles", 4, dim=-2), pyro.plate("data", 6), poutine.scale(scale=2.0), poutine.mask(mask=mask):
+            pyro.sample("x", make(), obs=x)
+
+    traces = []
+    for make in (lambda: LinearBernoulli(features, layer.weight, layer.bias), lambda: IndependentBernoulli(layer(features))):
+        with torch.no_grad():
+            trace = poutine.trace(model).get_trace(make)
+            trace.compute_log_prob()
+        traces.append(trace.nodes["x"]["log_prob"])
+    assert traces[0].shape == (4, 6)
+    torch.testing.assert_close(traces[0], traces[1], rtol=1e-6, atol=1e-3)
