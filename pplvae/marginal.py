@@ -501,7 +501,7 @@ def _pareto_k(tail: torch.Tensor, columns_per_step: int = 1024) -> torch.Tensor:
     count = above.sum(0)  # (N,) exceedances
     finite = torch.where(above, torch.isfinite(rel[:-1]), True).all(0)
     columns = torch.nonzero((count >= _MIN_TAIL) & finite).squeeze(-1)
-    for step in columns.split(columns_per_step):
+    for step in columns.split(columns_per_step) if len(columns) else ():  # split() of nothing is (nothing,)
         x = torch.where(above[:, step], rel[:-1, step].exp() - cutoff[step].exp(), 0.0)  # (M, C) descending
         out[step] = _fit_pareto_k(x, above[:, step], count[step])
     return out

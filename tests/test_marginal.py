@@ -385,6 +385,28 @@ def test_pareto_k_is_nan_without_a_tail():
     assert torch.isnan(_pareto_k(tail)).all()
 
 
+def test_equal_weights_give_nan_pareto_k_not_an_error():
+    """All K log-weights equal (x does not depend on z; the guide is the prior): no exceedances to fit.
+
+    Float rounding can leave a few weights above the rest, so only the exactly equal tail is all NaN.
+    """
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    x = torch.tensor([0.0, 1.0, -2.0])
+    result = log_marginal_likelihood(model, guide, x, num_samples=100)  # tail M = 20 >= 10
+    torch.testing.assert_close(result.log_px.float(), dist.Normal(0.0, 1.0).log_prob(x))
+    torch.testing.assert_close(result.ess, torch.full((3,), 100.0, dtype=result.ess.dtype))
+    assert torch.isnan(_pareto_k(torch.zeros(21, 3, dtype=torch.float64))).all()  # exactly equal: nothing to fit
+
+
 # Clear errors.
 
 
