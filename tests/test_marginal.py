@@ -359,6 +359,21 @@ def test_vectorized_pareto_k_equals_pyros_fit_column_by_column():
         assert torch.isnan(got[0]) and torch.isfinite(got[3:]).all()
 
 
+def _model_independent_of_z(x):
+    """z ~ N(0, 1), x ~ N(0, 1) per datapoint: the posterior of z is its prior."""
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+
+def _gaussian_guide(scale):
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros_like(x), scale))
+
+    return guide
+
+
 def test_pareto_k_of_a_too_narrow_gaussian_guide():
     """Target N(0, 1), proposal N(0, 1/2): w ~ exp(z^2 / 2) has tail index k = 1 - 1/2 = 0.5.
 
@@ -366,16 +381,8 @@ def test_pareto_k_of_a_too_narrow_gaussian_guide():
     datapoints: the median k-hat lies within 0.1 of 0.5; an exact guide's ESS
     would be K, this one's is well below.
     """
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(torch.zeros_like(x), math.sqrt(0.5)))
-
-    result = log_marginal_likelihood(model, guide, torch.zeros(20, dtype=torch.float64), num_samples=10000)
+    guide = _gaussian_guide(math.sqrt(0.5))
+    result = log_marginal_likelihood(_model_independent_of_z, guide, torch.zeros(20, dtype=torch.float64), num_samples=10000)
     assert abs(result.pareto_k.median().item() - 0.5) < 0.1
     assert (result.ess < 0.9 * 10000).all()
 
@@ -391,17 +398,8 @@ def test_equal_weights_give_nan_pareto_k_not_an_error():
     Float rounding can leave a few weights above the rest, so only the exactly equal tail is all NaN.
     """
 
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(0.0, 1.0))
-
     x = torch.tensor([0.0, 1.0, -2.0])
-    result = log_marginal_likelihood(model, guide, x, num_samples=100)  # tail M = 20 >= 10
+    result = log_marginal_likelihood(_model_independent_of_z, _gaussian_guide(1.0), x, num_samples=100)  # tail M = 20 >= 10
     torch.testing.assert_close(result.log_px.float(), dist.Normal(0.0, 1.0).log_prob(x))
     torch.testing.assert_close(result.ess, torch.full((3,), 100.0, dtype=result.ess.dtype))
     assert torch.isnan(_pareto_k(torch.zeros(21, 3, dtype=torch.float64))).all()  # exactly equal: nothing to fit
