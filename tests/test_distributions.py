@@ -8,7 +8,7 @@ from pyro import poutine
 
 from torch.nn import functional as F
 
-from pplvae.distributions import IndependentBernoulli, LinearBernoulli, _block_size, bernoulli_log_prob
+from pplvae.distributions import IndependentBernoulli, LinearBernoulli, Normal, _block_size, bernoulli_log_prob
 from pplvae.networks import Tanh
 
 
@@ -184,3 +184,48 @@ def test_linear_bernoulli_in_a_pyro_model_with_plates_masks_and_scales():
         traces.append(trace.nodes["x"]["log_prob"])
     assert traces[0].shape == (4, 6)
     torch.testing.assert_close(traces[0], traces[1], rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize("loc_shape, scale_shape", [((50,), (50,)), ((3, 50), (3, 50)), ((3, 50), ()), ((), (1, 3, 50))])
+def test_normal_log_prob_equals_pyros_after_expand(loc_shape, scale_shape):
+    """Expanded by plates to (K, N, D) = (7, 3, 50), or not: the same nats as dist.Normal, float64."""
+    torch.manual_seed(7)
+    loc = torch.randn(loc_shape, dtype=torch.float64)
+    scale = torch.rand(scale_shape, dtype=torch.float64) + 0.1
+    value = torch.randn(7, 3, 50, dtype=torch.float64)
+    ours, pyros = Normal(loc, scale), dist.Normal(loc, scale)
+    for p, q in ((ours, pyros), (ours.expand((7, 3, 50)), pyros.expand((7, 3, 50)))):
+        assert type(p) is Normal
+        torch.testing.assert_close(p.log_prob(value), q.log_prob(value), rtol=0, atol=1e-12)
+    torch.testing.assert_close(  # value smaller than the expanded batch: broadcast up
+        ours.expand((7, 3, 50)).log_prob(value[0]), pyros.expand((7, 3, 50)).log_prob(value[0]), rtol=0, atol=1e-12
+    )
+
+
+def test_normal_under_autograd_is_torchs_log_prob():
+    torch.manual_seed(8)
+    loc, scale = torch.zeros(5), torch.ones(5)  # buffers, as a prior's
+    z = (torch.randn(4, 5) * 2).requires_grad_()  # a reparameterized draw
+    ours = Normal(loc, scale).expand((4, 5)).log_prob(z)
+    torch.testing.assert_close(ours, dist.Normal(loc, scale).expand((4, 5)).log_prob(z), rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(ours.sum(), z)
+    torch.testing.assert_close(grad, -z.detach())
+
+
+def test_normal_in_a_pyro_trace_with_particles_mask_and_scale():
+    torch.manual_seed(9)
+    loc, scale, mask = torch.randn(6, 50), torch.rand(6, 50) + 0.5, torch.tensor([True, False] * 3)
+
+    def model(normal):
+        with pyro.plate("particles", 4, dim=-2), pyro.plate("data", 6), poutine.scale(scale=3.0), poutine.mask(mask=mask):
+            pyro.sample("z", normal(torch.zeros(50), torch.ones(50)).to_event(1))
+            pyro.sample("w", normal(loc, scale).to_event(1))
+
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(Normal)
+        trace.compute_log_prob()
+        expected = poutine.trace(poutine.replay(model, trace=trace)).get_trace(dist.Normal)
+        expected.compute_log_prob()
+    for name in ("z", "w"):
+        assert trace.nodes[name]["log_prob"].shape == (4, 6)
+        torch.testing.assert_close(trace.nodes[name]["log_prob"], expected.nodes[name]["log_prob"])

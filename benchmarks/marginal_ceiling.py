@@ -1,0 +1,142 @@
+"""How close could pplvae's log p(x) estimator come to torch.mm's rate? Its parts switched off one at a time.
+
+Issue 3 sets a target of 70% of the rate ``torch.mm`` reaches on the decoder's
+shapes (``benchmarks/marginal_throughput.py``). This script measures how much
+of the distance to it each part of the estimate's elementwise work accounts
+for: it runs the same estimate (Burda et al.'s 784-200-200-50 VAE, K samples
+per MNIST test image) with these parts replaced by no-ops that keep the
+tensor shapes,
+
+    full           pplvae as it is
+    -gaussian      the Gaussian log-densities log p(z) and log q(z | x) (``Normal.log_prob``)
+    -bernoulli     the Bernoulli log-density of the pixels (the logits are still computed)
+    -tanh          the decoder's and encoder's tanh activations
+    -all three     all of the above
+
+side by side in one process, in interleaved rounds (the fastest round of each
+counts, and ``torch.mm`` is timed after every round, the fastest counting), so
+that the load of a shared machine affects them alike. What is left in
+"-all three" is the decoder's matmuls, the draws from q(z | x) and Pyro's
+tracing, log-weight and bookkeeping costs: its ratio is the ceiling of any
+speed-up of the elementwise kernels. The no-op variants give meaningless
+log p(x) values; they are timing probes only. The weights are untrained (the
+arithmetic, hence the timing, does not depend on them).
+
+    python -m benchmarks.marginal_ceiling                 # 10 images, K = 5000, torch's threads
+    python -m benchmarks.marginal_ceiling --threads 1
+
+Writes one CSV row per variant (``--out``) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import pandas as pd
+import pyro
+import torch
+from torch.distributions import Normal as TorchNormal
+
+import pplvae.distributions
+import pplvae.networks
+from benchmarks.marginal_throughput import decoder_flops_per_sample, matmul_rate
+from pplvae import VAE, VAEConfig, load_dataset, log_marginal_likelihood
+
+def _no_gaussian():
+    no_op = lambda self, value: value.new_zeros(()).expand(value.shape)  # noqa: E731
+    stack = contextlib.ExitStack()
+    for normal in (TorchNormal, pplvae.distributions.Normal):
+        stack.enter_context(mock.patch.object(normal, "log_prob", no_op))
+    return stack
+
+
+PARTS = {
+    "gaussian": _no_gaussian,
+    "bernoulli": lambda: mock.patch.object(
+        pplvae.distributions, "bernoulli_log_prob", lambda logits, value: logits.new_zeros(logits.shape[:-1])
+    ),
+    "tanh": lambda: mock.patch.object(pplvae.networks.Tanh, "forward", lambda self, x: x),
+}
+"""Each part's no-op: a patch that keeps the shapes of what it replaces."""
+
+VARIANTS = {
+    "full": (),
+    "-gaussian": ("gaussian",),
+    "-bernoulli": ("bernoulli",),
+    "-tanh": ("tanh",),
+    "-all three": ("gaussian", "bernoulli", "tanh"),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-samples", type=int, default=5000, help="K per image (default 5000)")
+    parser.add_argument("--num-examples", type=int, default=10, help="MNIST test images (default 10)")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds; the fastest of each variant counts")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--mm-repeats", type=int, default=20, help="timed torch.mm repeats per measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
+    parser.add_argument("--out", type=Path, default=Path("marginal_ceiling.csv"), help="CSV to write")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    data = load_dataset("mnist", args.data_dir, train_size=100, test_size=args.num_examples)
+    x = data.x_test[: args.num_examples]  # (N, 784), fixed binarization
+    torch.manual_seed(args.seed)
+    model = VAE(VAEConfig(x_dim=data.x_dim, z_dim=50, hidden_dims=(200, 200), activation="tanh")).eval()
+
+    def estimate(parts):
+        with contextlib.ExitStack() as stack:
+            for part in parts:
+                stack.enter_context(PARTS[part]())
+            start = time.perf_counter()
+            result = log_marginal_likelihood(model.model, model.guide, x, num_samples=args.num_samples)
+            return time.perf_counter() - start, result
+
+    pyro.set_rng_seed(args.seed)
+    seconds = {name: math.inf for name in VARIANTS}
+    mm_rate = 0.0
+    for parts in VARIANTS.values():  # warm-up
+        estimate(parts)
+    for _ in range(args.rounds):
+        for name, parts in VARIANTS.items():
+            elapsed, result = estimate(parts)
+            seconds[name] = min(seconds[name], elapsed)
+        mm_rate = max(mm_rate, matmul_rate(model, math.prod(result.chunk_shape), cpu, args.mm_repeats)[0])
+
+    gflop = decoder_flops_per_sample(model) * args.num_samples * len(x) / 1e9
+    table = pd.DataFrame([
+        {
+            "variant": name,
+            "seconds": seconds[name],
+            "samples_per_second": args.num_samples * len(x) / seconds[name],
+            "decoder_gflops_per_s": gflop / seconds[name],
+            "mm_gflops_per_s": mm_rate,
+            "ratio_to_mm": gflop / seconds[name] / mm_rate,
+            "time_saved_share": 1 - seconds[name] / seconds["full"],
+        }
+        for name in VARIANTS
+    ])
+    table.insert(1, "threads", torch.get_num_threads())
+    table.insert(2, "chunk", "x".join(map(str, result.chunk_shape)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"written to {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
