@@ -42,6 +42,25 @@ def test_marginal_throughput_runs_with_tiny_flags(tmp_path, data_dir):
     assert abs(row["hand_written_log_px"] - row["log_px"]) < 20  # same model, K = 20: same ballpark
 
 
+def test_marginal_ceiling_times_every_variant_and_restores_the_parts(tmp_path, data_dir):
+    from benchmarks import marginal_ceiling
+
+    out = tmp_path / "ceiling.csv"
+    table = marginal_ceiling.main(["--num-samples", "20", "--num-examples", "3", "--rounds", "1", "--mm-repeats", "2",
+                                   "--threads", str(torch.get_num_threads()), "--data-dir", str(data_dir),
+                                   "--out", str(out)])
+    assert list(pd.read_csv(out).variant) == list(marginal_ceiling.VARIANTS) == list(table.variant)
+    assert (table.seconds > 0).all() and (table.ratio_to_mm > 0).all()
+    # The patches are gone afterwards: the estimator and the networks compute real values again.
+    vae = VAE(VAEConfig(x_dim=12, z_dim=3, hidden_dims=(8,)))
+    x = torch.bernoulli(torch.full((4, 12), 0.4))
+    with torch.no_grad():
+        result = pplvae.log_marginal_likelihood(vae.model, vae.guide, x, num_samples=50)
+        assert (result.log_px < 0).all() and (result.bounds[1] <= result.log_px + 1e-6).all()
+        h = torch.linspace(-3, 3, 7)
+        torch.testing.assert_close(pplvae.networks.Tanh()(h), torch.tanh(h), rtol=0, atol=3e-7)
+
+
 def test_hand_written_estimator_agrees_with_pplvae_within_monte_carlo_error():
     """benchmarks.torch_vae.log_marginal_likelihood, the reference run, estimates the same log p(x)."""
     pyro.set_rng_seed(0)
