@@ -37,6 +37,7 @@ def test_marginal_throughput_runs_with_tiny_flags(tmp_path, data_dir):
     assert row["num_samples"] == 20 and row["num_data"] == 10
     assert row["decoder_gflop"] == 2 * (50 * 200 + 200 * 200 + 200 * 784) * 20 * 10 / 1e9
     assert row["decoder_gflops_per_s"] > 0 and row["mm_gflops_per_s"] > 0 and row["peak_memory_mib"] > 0
+    assert row["mm_timings_during"] >= 1 and row["mm_gflops_per_s_during"] > 0 and row["ratio_to_mm_during"] > 0
     assert row["elbo"] <= row["log_px"]
     assert row["hand_written_seconds"] > 0 and row["speed_vs_hand_written"] > 0
     assert abs(row["hand_written_log_px"] - row["log_px"]) < 20  # same model, K = 20: same ballpark
