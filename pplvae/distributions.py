@@ -259,6 +259,10 @@ class LinearBernoulli(IndependentBernoulli):
     def _needs_grad(self) -> bool:
         return torch.is_grad_enabled() and any(t.requires_grad for t in (self.features, self.weight, self.bias))
 
+    def __repr__(self) -> str:  # Independent's would compute the logits to show them
+        return (f"LinearBernoulli(features: {tuple(self.features.shape)}, weight: {tuple(self.weight.shape)}, "
+                f"batch_shape: {tuple(self.batch_shape)}, event_shape: {tuple(self.event_shape)})")
+
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
         if self._base is not None:  # the logits exist already: expand them

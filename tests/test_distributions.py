@@ -119,7 +119,7 @@ def test_linear_bernoulli_is_independent_bernoulli_of_the_layer():
     p, q, layer, features = _linear_bernoulli(requires_grad=True)
     x = (torch.rand(3, 784) < 0.5).float()
     assert (p.batch_shape, p.event_shape) == (q.batch_shape, q.event_shape) == ((5, 3), (784,))
-    assert p._base is None  # nothing computed yet
+    assert "features: (5, 3, 20)" in repr(p) and p._base is None  # nothing computed yet
     torch.testing.assert_close(p.mean, q.mean)
     torch.testing.assert_close(p.logits, layer(features))
     assert p.sample().shape == (5, 3, 784) and not p.has_rsample
