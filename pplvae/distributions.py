@@ -217,7 +217,7 @@ class LinearBernoulli(IndependentBernoulli):
             )
         self.features, self.weight, self.bias = features, weight, bias
         self.reinterpreted_batch_ndims = 1
-        self._base, self._validate = None, False
+        self._base, self._validate = None, torch.distributions.Distribution._validate_args  # the global default
         dist.TorchDistribution.__init__(self, features.shape[:-1], weight.shape[:1], validate_args=validate_args)
 
     @property
@@ -284,9 +284,9 @@ class Normal(dist.Normal):
 
     with ``log scale`` taken on the parameters as given, not on the copies a
     plate's ``expand`` makes of them. In :func:`pplvae.log_marginal_likelihood`
-    with K = 5000, torch's ``Normal.log_prob`` took 12% of the time of Burda et
-    al.'s VAE on two CPU threads (``benchmarks/marginal_ceiling.py``), most of
-    it in ``log`` and square of the (K, N, z_dim) expanded scale. Under
+    with K = 5000, torch's ``Normal.log_prob`` took 8 to 12% of the time of
+    Burda et al.'s VAE on two CPU threads (``benchmarks/marginal_ceiling.py``),
+    most of it in ``log`` and square of the (K, N, z_dim) expanded scale. Under
     autograd it is torch's own ``log_prob``. Both agree to float rounding
     (tests/test_distributions.py).
 
