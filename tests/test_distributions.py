@@ -108,6 +108,24 @@ def test_tanh_fast_form_and_gradient():
     torch.testing.assert_close(x.grad, 1 - torch.tanh(x.detach()) ** 2)
 
 
+def test_tanh_in_place_only_without_autograd():
+    x = torch.linspace(-4, 4, 9)
+    with torch.no_grad():
+        y = x.clone()
+        out = Tanh(inplace=True)(y)
+        assert out.data_ptr() == y.data_ptr()  # overwritten: no new tensor
+        torch.testing.assert_close(out, torch.tanh(x), rtol=0, atol=3e-7)
+        z = x.clone()
+        Tanh()(z)
+        torch.testing.assert_close(z, x, rtol=0, atol=0)  # left alone by default
+    leaf = x.clone().requires_grad_()
+    h = leaf * 1.0
+    out = Tanh(inplace=True)(h)  # under autograd: torch.tanh, h untouched
+    torch.testing.assert_close(h, x)
+    out.sum().backward()
+    torch.testing.assert_close(leaf.grad, 1 - torch.tanh(x) ** 2)
+
+
 def _linear_bernoulli(k=5, n=3, h=20, d=784, seed=5, requires_grad=False):
     torch.manual_seed(seed)
     layer = torch.nn.Linear(h, d)
