@@ -82,39 +82,45 @@ def decoder_flops_per_sample(model: VAE) -> int:
     return sum(2 * m.in_features * m.out_features for m in model.decoder.modules() if isinstance(m, nn.Linear))
 
 
-def matmul_rate(model: VAE, rows: int, device: torch.device, repeats: int) -> tuple[float, float]:
-    """GFLOP/s of ``torch.mm`` on the decoder's shapes, (rows, in) @ (in, out) per Linear layer.
+class MatmulReference:
+    """``torch.mm`` on the decoder's shapes, (rows, in) @ (in, out) per Linear layer: the reference rate.
 
-    Returns (per wall-clock second, per second of this process's CPU time).
+    The matrices are made once, so that timing it again (before, during and
+    after an estimate) costs only the timed products.
     """
-    shapes = [(m.in_features, m.out_features) for m in model.decoder.modules() if isinstance(m, nn.Linear)]
-    a = [torch.randn(rows, i, device=device) for i, _ in shapes]
-    w = [torch.randn(i, o, device=device) for i, o in shapes]
-    out = [torch.empty(rows, o, device=device) for _, o in shapes]
 
-    def once():
-        for a_i, w_i, out_i in zip(a, w, out):
+    def __init__(self, model: VAE, rows: int, device: torch.device):
+        self.rows, self.device = rows, device
+        self.shapes = [(m.in_features, m.out_features) for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+        self.a = [torch.randn(rows, i, device=device) for i, _ in self.shapes]
+        self.w = [torch.randn(i, o, device=device) for i, o in self.shapes]
+        self.out = [torch.empty(rows, o, device=device) for _, o in self.shapes]
+
+    def _once(self) -> None:
+        for a_i, w_i, out_i in zip(self.a, self.w, self.out):
             torch.mm(a_i, w_i, out=out_i)
 
-    once()  # warm up
-    with _Timer(device) as timer:
-        for _ in range(repeats):
-            once()
-    gflop = repeats * rows * sum(2 * i * o for i, o in shapes) / 1e9
-    return gflop / timer.seconds, gflop / timer.cpu_seconds
+    def rate(self, repeats: int) -> tuple[float, float]:
+        """GFLOP/s over ``repeats`` passes (after one untimed): (per wall-clock second, per second of CPU time)."""
+        self._once()  # warm up
+        with _Timer(self.device) as timer:
+            for _ in range(repeats):
+                self._once()
+        gflop = repeats * self.rows * sum(2 * i * o for i, o in self.shapes) / 1e9
+        return gflop / timer.seconds, gflop / timer.cpu_seconds
 
 
 class _MatmulDuring:
     """A ``progress`` callback of the estimator that times ``torch.mm`` about every ``every`` seconds.
 
-    Each timing is :func:`matmul_rate` with ``repeats`` repeats, so that the
+    Each timing is :meth:`MatmulReference.rate` with ``repeats`` repeats, so that the
     reference rate sees the same load as the estimate around it; ``seconds``
     and ``cpu_seconds`` add up the time spent here, to be taken off the
     estimate's. The first timing comes after the first chunk.
     """
 
-    def __init__(self, model: VAE, rows: int, device: torch.device, repeats: int, every: float):
-        self.model, self.rows, self.device, self.repeats, self.every = model, rows, device, repeats, every
+    def __init__(self, reference: MatmulReference, repeats: int, every: float):
+        self.reference, self.repeats, self.every = reference, repeats, every
         self.rates: list[float] = []
         self.seconds = self.cpu_seconds = 0.0
         self._next = time.perf_counter()
@@ -122,8 +128,8 @@ class _MatmulDuring:
     def __call__(self, done: int) -> None:
         if time.perf_counter() < self._next:
             return
-        with _Timer(self.device) as timer:
-            self.rates.append(matmul_rate(self.model, self.rows, self.device, self.repeats)[0])
+        with _Timer(self.reference.device) as timer:
+            self.rates.append(self.reference.rate(self.repeats)[0])
         self.seconds += timer.seconds
         self.cpu_seconds += timer.cpu_seconds
         self._next = time.perf_counter() + self.every
@@ -212,12 +218,13 @@ def main(argv=None) -> pd.DataFrame:
     # the estimate and again just after, and the faster of the two is the reference,
     # so that the quieter moment of a shared machine sets the bar.
     warm_up = log_marginal_likelihood(model.model, model.guide, x[:64], num_samples=num_samples, max_memory_bytes=budget)
-    mm_before = matmul_rate(model, math.prod(warm_up.chunk_shape), device, args.mm_repeats)
+    reference = MatmulReference(model, math.prod(warm_up.chunk_shape), device)
+    mm_before = reference.rate(args.mm_repeats)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     memory_before = _reset_peak_rss() if device.type != "cuda" else torch.cuda.memory_allocated(device) / 2**20
-    during = _MatmulDuring(model, math.prod(warm_up.chunk_shape), device, max(1, args.mm_repeats // 4), args.mm_every)
+    during = _MatmulDuring(reference, max(1, args.mm_repeats // 4), args.mm_every)
     pyro.set_rng_seed(args.seed)
     with _Timer(device) as timer:
         result = log_marginal_likelihood(
@@ -239,9 +246,11 @@ def main(argv=None) -> pd.DataFrame:
             "speed_vs_hand_written": hand_timer.seconds / seconds,
         }
 
-    mm_rate, mm_cpu_rate = matmul_rate(model, math.prod(result.chunk_shape), device, args.mm_repeats)
     if warm_up.chunk_shape == result.chunk_shape:
-        mm_rate, mm_cpu_rate = max(mm_rate, mm_before[0]), max(mm_cpu_rate, mm_before[1])
+        mm_after = reference.rate(args.mm_repeats)
+        mm_rate, mm_cpu_rate = max(mm_after[0], mm_before[0]), max(mm_after[1], mm_before[1])
+    else:
+        mm_rate, mm_cpu_rate = MatmulReference(model, math.prod(result.chunk_shape), device).rate(args.mm_repeats)
     decoder_gflop = decoder_flops_per_sample(model) * num_samples * num_data / 1e9
     summary = result.to_frame()
     table = pd.DataFrame([{
