@@ -9,7 +9,7 @@ tensor shapes,
 
     full           pplvae as it is
     -gaussian      the Gaussian log-densities log p(z) and log q(z | x) (``Normal.log_prob``)
-    -bernoulli     the Bernoulli log-density of the pixels (the logits are still computed)
+    -bernoulli     the Bernoulli log-density of the pixels (the signed logits are still computed)
     -tanh          the decoder's and encoder's tanh activations
     -all three     all of the above
 
@@ -56,11 +56,19 @@ def _no_gaussian():
     return stack
 
 
+def _no_bernoulli():
+    zeros = lambda logits: logits.new_zeros(logits.shape[:-1])  # noqa: E731
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(pplvae.distributions, "bernoulli_log_prob", lambda logits, value: zeros(logits)))
+    stack.enter_context(mock.patch.object(  # binary pixels' signed form
+        pplvae.distributions, "_sum_log_sigmoid_", lambda y: (zeros(y), zeros(y).bool())
+    ))
+    return stack
+
+
 PARTS = {
     "gaussian": _no_gaussian,
-    "bernoulli": lambda: mock.patch.object(
-        pplvae.distributions, "bernoulli_log_prob", lambda logits, value: logits.new_zeros(logits.shape[:-1])
-    ),
+    "bernoulli": _no_bernoulli,
     "tanh": lambda: mock.patch.object(pplvae.networks.Tanh, "forward", lambda self, x: x),
 }
 """Each part's no-op: a patch that keeps the shapes of what it replaces."""

@@ -8,7 +8,14 @@ from pyro import poutine
 
 from torch.nn import functional as F
 
-from pplvae.distributions import IndependentBernoulli, LinearBernoulli, Normal, _block_size, bernoulli_log_prob
+from pplvae.distributions import (
+    IndependentBernoulli,
+    LinearBernoulli,
+    Normal,
+    _block_size,
+    _sum_log_sigmoid_,
+    bernoulli_log_prob,
+)
 from pplvae.networks import Tanh
 
 
@@ -161,6 +168,55 @@ def test_linear_bernoulli_never_builds_all_logits_without_grad():
         torch.testing.assert_close(p.log_prob(x), bernoulli_log_prob(q.logits, x))
         torch.testing.assert_close(p.log_prob(x_full), bernoulli_log_prob(q.logits, x_full))
     assert p._base is None
+
+
+@pytest.mark.parametrize("k, n", [(5, 1), (1000, 1), (7, 3), (1000, 3)])
+@pytest.mark.parametrize("d", [784, 13, 127])
+def test_binary_pixels_signed_form_is_exact_in_float64(k, n, d):
+    """Binary pixels shared by all samples: signs folded into the layer (n = 1) or multiplied in (n = 3).
+
+    1000 samples make several pieces on any thread count; the +-500 logits of the
+    first samples are confidently wrong pixels whose products of sigmoids underflow,
+    and the zero weights of one datapoint give logits of exactly 0.
+    """
+    torch.manual_seed(10)
+    layer = torch.nn.Linear(20, d).double()
+    features = 3 * torch.randn(k, n, 20, dtype=torch.float64)
+    x = (torch.rand(n, d, dtype=torch.float64) < 0.3).double()
+    logits = layer(features).detach()
+    logits[0, 0, :] = 500.0 * (1 - 2 * x[0])  # every pixel wrong by 500: all products underflow
+    logits[-1, -1, : d // 2] = -500.0 * (2 * x[-1, : d // 2] - 1)
+    with torch.no_grad():
+        expected = reference(logits, x)
+        for value in (x, x.unsqueeze(0)):  # (n, D) or (1, n, D): broadcast along the samples
+            torch.testing.assert_close(IndependentBernoulli(logits).log_prob(value), expected, rtol=0, atol=1e-9)
+        p = LinearBernoulli(features, layer.weight.detach(), layer.bias.detach())
+        q = IndependentBernoulli(layer(features))
+        torch.testing.assert_close(p.log_prob(x), reference(q.logits, x), rtol=0, atol=1e-9)
+        assert p._base is None  # still no logits kept
+    assert torch.isfinite(expected).all() and expected[0, 0] < -500 * d / 2
+
+
+def test_sum_log_sigmoid_flags_exactly_the_underflowing_rows():
+    y = torch.zeros(4, 784)
+    y[1, ::98] = -12.0  # 8 pixels of one block: product 6e-6^8 = 1.7e-42 < 1.2e-38
+    y[2, :8] = -12.0  # 8 pixels in 8 different blocks: no product underflows
+    y[3, 0] = -200.0  # one pixel whose sigmoid is 0 in float32
+    expected = torch.nn.functional.logsigmoid(y.double()).sum(-1)
+    out, underflow = _sum_log_sigmoid_(y.clone())
+    assert underflow.tolist() == [False, True, False, True]
+    torch.testing.assert_close(out[~underflow].double(), expected[~underflow], rtol=1e-6, atol=1e-4)
+    assert out[3] == -float("inf")
+
+
+def test_grey_pixels_or_pixels_per_sample_keep_the_general_form():
+    torch.manual_seed(11)
+    logits = 3 * torch.randn(1000, 2, 784)
+    grey, per_sample = torch.rand(2, 784), (torch.rand(1000, 2, 784) < 0.5).float()
+    with torch.no_grad():
+        for value in (grey, per_sample):
+            p = IndependentBernoulli(logits, validate_args=False)  # grey levels: a cross-entropy
+            torch.testing.assert_close(p.log_prob(value), bernoulli_log_prob(logits, value))
 
 
 def test_linear_bernoulli_expands_its_features():
