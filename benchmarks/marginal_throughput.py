@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-epochs", type=int, default=1, help="epochs of the brief training")
     parser.add_argument("--train-size", type=int, default=60000, help="training images for the brief training")
     parser.add_argument("--max-memory-mb", type=float,
-                        help="estimator's budget per chunk, MiB (default: the library's, 64 per thread on a CPU)")
+                        help="estimator's budget per chunk, MiB (default: the library's, 128 per thread on a CPU)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--hand-written", action="store_true",
                         help="also time a hand-written PyTorch estimator on the same images (reference run)")

@@ -41,19 +41,21 @@ from pyro.poutine.util import site_is_subsample
 
 __all__ = ["MarginalLikelihood", "default_memory_budget", "log_marginal_likelihood"]
 
-CPU_MEMORY_BYTES_PER_THREAD = 64 * 2**20
-"""Default budget for one chunk on a CPU, per torch thread: 64 MiB (128 MiB on two threads).
+CPU_MEMORY_BYTES_PER_THREAD = 128 * 2**20
+"""Default budget for one chunk on a CPU, per torch thread: 128 MiB (256 MiB on two threads).
 
 Large enough that the fixed cost of one call of model and guide (Pyro's
-tracing, the guide's encoder) is small beside a chunk's arithmetic: on two
-threads it gives Burda et al.'s 784-200-200-50 VAE chunks of K = 5000 samples
-of one image, 12% faster than the 2500 of a 32 MiB budget. Small enough that a
-chunk's tensors mostly stay in the processor's caches: on two cores 256 MiB
-chunks were slower (docs/marginal_likelihood.md, Benchmark). The estimate of a
-chunk's memory counts every site's tensors; a decoder returning a
-:class:`~pplvae.distributions.LinearBernoulli` never holds all its logits, so
-the real footprint is smaller. More threads finish a chunk sooner, so they
-get larger chunks.
+tracing, the guide's encoder: about 1.3 ms on two threads) is small beside a
+chunk's arithmetic: on two threads it gives Burda et al.'s 784-200-200-50 VAE
+chunks of K = 5000 samples of three images, 2 to 10% faster than one image
+(a budget of 128 MiB on two threads), which in turn was 12% faster than 2500
+samples (64 MiB on two threads).
+Small enough that a chunk's tensors mostly stay in the processor's caches:
+seven images per chunk (512 MiB on two threads) were slower again (docs/marginal_likelihood.md,
+Memory). The estimate of a chunk's memory counts every site's tensors; a
+decoder returning a :class:`~pplvae.distributions.LinearBernoulli` never
+holds all its logits, so the real footprint is smaller. More threads finish
+a chunk sooner, so they get larger chunks.
 """
 CUDA_MEMORY_BYTES = 4 * 2**30
 """Default budget for one chunk on a GPU: 4 GiB, or a quarter of the free GPU memory if less."""
@@ -187,7 +189,7 @@ def log_marginal_likelihood(
         num_samples: K >= 1, the number of importance samples per datapoint.
         plate_name: name of the plate over datapoints.
         max_memory_bytes: memory budget for one chunk, bytes; None:
-            :func:`default_memory_budget` of the data's device (64 MiB per
+            :func:`default_memory_budget` of the data's device (128 MiB per
             torch thread on a CPU, up to 4 GiB on a GPU).
         progress: called after every chunk with the number of (sample, datapoint)
             pairs just done; they add up to K * N.
@@ -268,13 +270,13 @@ class _Probe:
 def default_memory_budget(device: torch.device | str) -> int:
     """The default ``max_memory_bytes`` of :func:`log_marginal_likelihood` on ``device``, bytes.
 
-    On a CPU ``CPU_MEMORY_BYTES_PER_THREAD`` (64 MiB) times
+    On a CPU ``CPU_MEMORY_BYTES_PER_THREAD`` (128 MiB) times
     ``torch.get_num_threads()``; on a CUDA device ``CUDA_MEMORY_BYTES`` (4 GiB)
     or a quarter of the memory free on it, whichever is less, since a GPU
     needs large chunks to be busy.
 
     Example:
-        >>> default_memory_budget("cpu") == 64 * 2**20 * torch.get_num_threads()
+        >>> default_memory_budget("cpu") == 128 * 2**20 * torch.get_num_threads()
         True
     """
     device = torch.device(device)

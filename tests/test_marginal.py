@@ -200,7 +200,7 @@ def test_chunk_shapes_fit_the_budget_and_split_samples_evenly():
             assert k_chunk * n_chunk * cell <= max(budget, cell)
             chunks = math.ceil(k / k_chunk)
             assert chunks * k_chunk - k < chunks  # the last chunk is short by less than one per chunk
-    assert default_memory_budget("cpu") == 64 * 2**20 * torch.get_num_threads()
+    assert default_memory_budget("cpu") == 128 * 2**20 * torch.get_num_threads()
 
 
 def test_worse_guide_chunked_matches_unchunked_in_distribution(lg, x):
