@@ -118,7 +118,7 @@ def main(argv=None) -> pd.DataFrame:
     mm_rate = 0.0
     for parts in VARIANTS.values():  # warm-up
         _, result = estimate(parts)
-    reference = MatmulReference(model, math.prod(result.chunk_shape), cpu)
+    reference = MatmulReference(model, result.chunk_shape, cpu)
     for _ in range(args.rounds):
         for name, parts in VARIANTS.items():
             elapsed, result = estimate(parts)

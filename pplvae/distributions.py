@@ -335,10 +335,12 @@ class LinearBernoulli(IndependentBernoulli):
 
         Where ``signs`` is one image's (D,), they are folded into the layer
         (rows of ``weight`` and ``bias`` times s_d), so each call is one
-        matmul; otherwise the logits are multiplied by them.
+        matmul; otherwise the new logits are multiplied by them in place.
         """
-        if self._base is not None or signs.numel() != signs.shape[-1]:
+        if self._base is not None:
             return super().signed_logits_of_rows(signs)
+        if signs.numel() != signs.shape[-1]:
+            return lambda start, stop: F.linear(self.features[start:stop], self.weight, self.bias).mul_(signs)
         signs = signs.reshape(-1)
         weight, bias = self.weight * signs.unsqueeze(-1), self.bias * signs  # (D, H), (D,)
         return lambda start, stop: F.linear(self.features[start:stop], weight, bias)

@@ -43,6 +43,21 @@ def test_marginal_throughput_runs_with_tiny_flags(tmp_path, data_dir):
     assert abs(row["hand_written_log_px"] - row["log_px"]) < 20  # same model, K = 20: same ballpark
 
 
+def test_matmul_reference_times_one_image_and_the_whole_chunk_and_keeps_the_faster(monkeypatch):
+    from benchmarks import marginal_throughput
+
+    vae = VAE(VAEConfig(x_dim=12, z_dim=3, hidden_dims=(8,)))
+    reference = marginal_throughput.MatmulReference(vae, (50, 3), torch.device("cpu"))
+    assert reference.row_counts == [50, 150] and reference.shapes == [(3, 8), (8, 12)]
+    assert [a.shape[0] for a in reference.a[150]] == [150, 150]
+    assert marginal_throughput.MatmulReference(vae, (50, 1), torch.device("cpu")).row_counts == [50]
+    timed = []
+    monkeypatch.setattr(reference, "_once", lambda rows: timed.append(rows))
+    wall, cpu = reference.rate(3)
+    assert timed == [50] * 4 + [150] * 4  # one warm-up and three timed passes per row count
+    assert wall > 0 and cpu > 0
+
+
 def test_marginal_ceiling_times_every_variant_and_restores_the_parts(tmp_path, data_dir):
     from benchmarks import marginal_ceiling
 
