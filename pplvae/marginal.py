@@ -29,6 +29,7 @@ References
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -152,6 +153,7 @@ def log_marginal_likelihood(
     plate_name: str = "data",
     max_memory_bytes: Optional[int] = None,
     progress: Optional[Callable[[int], None]] = None,
+    validate: bool = False,
     **kwargs,
 ) -> MarginalLikelihood:
     """Estimate log p(x_i) for every datapoint by importance sampling from the guide.
@@ -193,6 +195,11 @@ def log_marginal_likelihood(
             torch thread on a CPU, up to 4 GiB on a GPU).
         progress: called after every chunk with the number of (sample, datapoint)
             pairs just done; they add up to K * N.
+        validate: keep Pyro's and torch's checks (``pyro.enable_validation``:
+            NaN warnings, argument and support checks) on in every chunk. By
+            default they run, as set globally, on the probe run over the first
+            4 datapoints only, and are off in the chunks, as in training
+            (:class:`pplvae.TrainConfig`'s ``validate``); about 3% faster with K = 5000.
 
     Returns:
         :class:`MarginalLikelihood` with tensors of shape (N,), float64, nats
@@ -230,25 +237,27 @@ def log_marginal_likelihood(
         group_sizes = tuple(k for k in BOUND_SIZES if k < num_samples)
         tail_size = _tail_size(num_samples) + 1  # the M largest and the cutoff below them
         out = None  # per-datapoint results, filled chunk by chunk
-        for start in range(0, num_data, n_chunk):
-            stop = min(start + n_chunk, num_data)
-            chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
-            acc = _StreamingWeights(group_sizes, tail_size)
-            for k_start in range(0, num_samples, k_chunk):
-                k = min(k_chunk, num_samples - k_start)
-                log_w = _log_weights(
-                    model, guide, chunk_args, chunk_kwargs, k, plate_name, probe.max_plate_nesting
-                )  # (k, stop - start)
-                acc.update(log_w)
-                if progress is not None:
-                    progress(k * (stop - start))
-            # Written into tensors allocated once, rather than kept as small
-            # per-chunk tensors until the end.
-            chunk = acc.finish()
-            if out is None:
-                out = {key: value.new_empty(value.shape[:-1] + (num_data,)) for key, value in chunk.items()}
-            for key, value in chunk.items():
-                out[key][..., start:stop] = value
+        checks = contextlib.nullcontext() if validate else pyro.validation_enabled(False)
+        with checks:
+            for start in range(0, num_data, n_chunk):
+                stop = min(start + n_chunk, num_data)
+                chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
+                acc = _StreamingWeights(group_sizes, tail_size)
+                for k_start in range(0, num_samples, k_chunk):
+                    k = min(k_chunk, num_samples - k_start)
+                    log_w = _log_weights(
+                        model, guide, chunk_args, chunk_kwargs, k, plate_name, probe.max_plate_nesting
+                    )  # (k, stop - start)
+                    acc.update(log_w)
+                    if progress is not None:
+                        progress(k * (stop - start))
+                # Written into tensors allocated once, rather than kept as small
+                # per-chunk tensors until the end.
+                chunk = acc.finish()
+                if out is None:
+                    out = {key: value.new_empty(value.shape[:-1] + (num_data,)) for key, value in chunk.items()}
+                for key, value in chunk.items():
+                    out[key][..., start:stop] = value
     bounds = {g: out[f"iwae_{g}"] for g in group_sizes}
     bounds[num_samples] = out["log_px"]
     return MarginalLikelihood(

@@ -232,6 +232,30 @@ def test_same_seed_same_chunking_is_reproducible(lg, x):
     torch.testing.assert_close(first.pareto_k, second.pareto_k, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("validate", [False, True])
+def test_checks_run_on_the_probe_and_in_the_chunks_only_when_asked(x, validate):
+    from pyro.infer.util import is_validation_enabled
+
+    seen = []
+
+    def model(x):
+        seen.append(is_validation_enabled())
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            loc = z.unsqueeze(-1).expand(z.shape + x.shape[1:])
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pyro.validation_enabled(True):
+        log_marginal_likelihood(model, guide, x, num_samples=20, max_memory_bytes=1, validate=validate)
+        assert is_validation_enabled()  # the global setting is back
+    assert len(seen) == 1 + 20 * x.shape[0]  # the probe, then chunks of one sample and one datapoint
+    assert seen[0] and all(flag == validate for flag in seen[1:])
+
+
 def test_conditional_model_with_extra_argument(lg):
     """log p(x | y) = log N(x; b + V y, W W^T + s^2 I); y (N, Y) is sliced with x."""
     y = torch.randn(NUM_DATA, Y_DIM, dtype=torch.float64)
