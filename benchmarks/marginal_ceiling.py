@@ -10,7 +10,7 @@ tensor shapes,
     full           pplvae as it is
     -gaussian      the Gaussian log-densities log p(z) and log q(z | x) (``Normal.log_prob``)
     -bernoulli     the Bernoulli log-density of the pixels (the signed logits are still computed)
-    -tanh          the decoder's and encoder's tanh activations
+    -tanh          the decoder's and encoder's tanh activations (their sigmoid form included)
     -all three     all of the above
 
 side by side in one process, in interleaved rounds (the fastest round of each
@@ -66,10 +66,19 @@ def _no_bernoulli():
     return stack
 
 
+def _no_tanh():
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(pplvae.networks.Tanh, "forward", lambda self, x: x))
+    stack.enter_context(mock.patch.object(  # the decoder's sigmoid form: its Linear layers only
+        pplvae.networks.MLP, "without_grad", lambda self: self.forward
+    ))
+    return stack
+
+
 PARTS = {
     "gaussian": _no_gaussian,
     "bernoulli": _no_bernoulli,
-    "tanh": lambda: mock.patch.object(pplvae.networks.Tanh, "forward", lambda self, x: x),
+    "tanh": _no_tanh,
 }
 """Each part's no-op: a patch that keeps the shapes of what it replaces."""
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable, Optional
 
 import pyro.distributions as dist
 import torch
@@ -63,7 +64,7 @@ __all__ = ["IndependentBernoulli", "LinearBernoulli", "Normal", "bernoulli_log_p
 
 _MAX_BLOCK = 64
 _SIGNED_BLOCK = 8
-_ROW_BLOCK_BYTES_PER_THREAD = 2**19
+_ROW_BLOCK_BYTES_PER_THREAD = 2**20
 """Logits per piece of ``IndependentBernoulli.log_prob`` and torch thread: half a core's L2 cache."""
 
 
@@ -262,10 +263,22 @@ class LinearBernoulli(IndependentBernoulli):
     so they stay in cache: with K = 5000 importance samples the (K, N, 784)
     logits are the largest tensor of the estimate (docs/marginal_likelihood.md).
 
+    With ``body``, the features are ``body(features)`` of the given tensor
+    (z, say), made just as lazily: the no-grad ``log_prob`` then runs the whole
+    decoder piece by piece, z -> hidden layers -> logits -> log-density, so the
+    (K, N, H) hidden layers never exist either. ``body`` must map each row
+    (..., in) -> (..., H) on its own, as an MLP does.
+
     Args:
-        features: (..., H) the last hidden layer h.
+        features: (..., H) the last hidden layer h; with ``body``, (..., in)
+            the input of ``body``.
         weight: (D, H) and bias: (D,) the last ``nn.Linear``'s parameters.
         validate_args: as for any torch distribution.
+        body: optional rowwise network (..., in) -> (..., H) before the last layer.
+
+    Raises:
+        ValueError: weight not (D, H), bias not (D,), or (without ``body``)
+            features whose last dim is not H.
 
     Example:
         >>> layer = torch.nn.Linear(200, 784)
@@ -283,16 +296,33 @@ class LinearBernoulli(IndependentBernoulli):
     support = constraints.independent(constraints.boolean, 1)
     has_rsample = False
 
-    def __init__(self, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, validate_args=None):
-        if weight.dim() != 2 or bias.shape != weight.shape[:1] or features.shape[-1:] != weight.shape[1:]:
+    def __init__(
+        self,
+        features: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        validate_args=None,
+        body: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
+        if weight.dim() != 2 or bias.shape != weight.shape[:1] or (
+            body is None and features.shape[-1:] != weight.shape[1:]
+        ):
             raise ValueError(
                 f"LinearBernoulli needs features (..., H), weight (D, H) and bias (D,), got "
                 f"{tuple(features.shape)}, {tuple(weight.shape)} and {tuple(bias.shape)}"
             )
-        self.features, self.weight, self.bias = features, weight, bias
+        self.inputs, self.body, self.weight, self.bias = features, body, weight, bias
+        self._features = features if body is None else None
         self.reinterpreted_batch_ndims = 1
         self._base, self._validate = None, torch.distributions.Distribution._validate_args  # the global default
         dist.TorchDistribution.__init__(self, features.shape[:-1], weight.shape[:1], validate_args=validate_args)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(..., H) the input h of the last layer; with ``body``, ``body(inputs)``, computed on first use."""
+        if self._features is None:
+            self._features = self.body(self.inputs)
+        return self._features
 
     @property
     def _validate_args(self) -> bool:  # Pyro's Independent keeps it on the base distribution
@@ -317,18 +347,23 @@ class LinearBernoulli(IndependentBernoulli):
     @property
     def device(self) -> torch.device:
         """The device of the features."""
-        return self.features.device
+        return self.inputs.device
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype of the features (and of the logits)."""
-        return self.features.dtype
+        """The dtype of the logits (the last layer's)."""
+        return self.weight.dtype
+
+    def _features_of_rows(self, start: int, stop: int) -> torch.Tensor:
+        if self._features is not None:
+            return self._features[start:stop]
+        return self.body(self.inputs[start:stop])
 
     def logits_of_rows(self, start: int, stop: int) -> torch.Tensor:
         """Logits of the batch elements ``start:stop`` along dim 0: (stop - start, ..., D), computed now."""
         if self._base is not None:
             return self._base.logits[start:stop]
-        return F.linear(self.features[start:stop], self.weight, self.bias)
+        return F.linear(self._features_of_rows(start, stop), self.weight, self.bias)
 
     def signed_logits_of_rows(self, signs: torch.Tensor):
         """A function (start, stop) -> the logits of rows ``start:stop`` of dim 0 times ``signs``, computed then.
@@ -340,24 +375,29 @@ class LinearBernoulli(IndependentBernoulli):
         if self._base is not None:
             return super().signed_logits_of_rows(signs)
         if signs.numel() != signs.shape[-1]:
-            return lambda start, stop: F.linear(self.features[start:stop], self.weight, self.bias).mul_(signs)
+            return lambda start, stop: self.logits_of_rows(start, stop).mul_(signs)
         signs = signs.reshape(-1)
         weight, bias = self.weight * signs.unsqueeze(-1), self.bias * signs  # (D, H), (D,)
-        return lambda start, stop: F.linear(self.features[start:stop], weight, bias)
+        return lambda start, stop: F.linear(self._features_of_rows(start, stop), weight, bias)
 
     def _needs_grad(self) -> bool:
-        return torch.is_grad_enabled() and any(t.requires_grad for t in (self.features, self.weight, self.bias))
+        if not torch.is_grad_enabled():
+            return False
+        return any(t.requires_grad for t in (self.features, self.weight, self.bias))
 
     def __repr__(self) -> str:  # Independent's would compute the logits to show them
-        return (f"LinearBernoulli(features: {tuple(self.features.shape)}, weight: {tuple(self.weight.shape)}, "
+        inputs = "features" if self.body is None else "inputs of body"
+        return (f"LinearBernoulli({inputs}: {tuple(self.inputs.shape)}, weight: {tuple(self.weight.shape)}, "
                 f"batch_shape: {tuple(self.batch_shape)}, event_shape: {tuple(self.event_shape)})")
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
         if self._base is not None:  # the logits exist already: expand them
             return IndependentBernoulli(self._base.logits, self._validate_args).expand(batch_shape)
-        features = self.features.expand(batch_shape + self.features.shape[-1:])
-        return LinearBernoulli(features, self.weight, self.bias, validate_args=self._validate_args)
+        body = None if self._features is not None else self.body
+        inputs = self.inputs if body is not None else self._features
+        inputs = inputs.expand(batch_shape + inputs.shape[-1:])
+        return LinearBernoulli(inputs, self.weight, self.bias, validate_args=self._validate_args, body=body)
 
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

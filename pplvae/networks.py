@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pyro.distributions as dist
 import torch
@@ -53,7 +53,47 @@ class Tanh(nn.Module):
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
 
 
-def mlp(in_dim: int, hidden_dims: Sequence[int], activation: str = "tanh") -> nn.Sequential:
+class MLP(nn.Sequential):
+    """Linear + activation layers, (..., in_dim) -> (..., hidden_dims[-1]): an ``nn.Sequential`` made by :func:`mlp`.
+
+    Besides ``forward``, :meth:`without_grad` gives the same function for
+    repeated use without autograd, e.g. on the pieces of a decoder's K
+    importance samples in :class:`~pplvae.distributions.LinearBernoulli`.
+    """
+
+    def without_grad(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The function ``self.forward`` for use under ``torch.no_grad()``, constants computed once now.
+
+        For tanh layers it runs their sigmoid form: with tanh(a) = 2 sigmoid(2a) - 1,
+        a layer's input h = 2 s - 1 gives W h + b = 2 W s + (b - W 1), so each layer
+        is one ``addmm`` (the factors 2 in its scalars, b - W 1 computed here once)
+        and one ``sigmoid_`` in place, and only the output is mapped back to
+        2 s - 1: 5 kernels for two layers where ``forward`` runs 10. The same
+        numbers to float rounding (tests/test_distributions.py). For other
+        activations it is ``forward`` itself.
+        """
+        linears = [m for m in self if isinstance(m, nn.Linear)]
+        if not linears or not all(isinstance(m, Tanh) for m in self if not isinstance(m, nn.Linear)):
+            return self.forward
+        layers = []  # (weight.T, bias, alpha, beta): s = sigmoid(beta * bias + alpha * s_in @ weight.T)
+        for i, linear in enumerate(linears):
+            weight, bias = linear.weight.detach(), linear.bias.detach()
+            if i == 0:
+                layers.append((weight.t(), bias, 2.0, 2.0))
+            else:
+                layers.append((weight.t(), bias - weight.sum(1), 4.0, 2.0))
+        one = torch.ones((), dtype=linears[-1].weight.dtype, device=linears[-1].weight.device)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            s = x.reshape(-1, x.shape[-1])
+            for weight_t, bias, alpha, beta in layers:
+                s = torch.addmm(bias, s, weight_t, beta=beta, alpha=alpha).sigmoid_()
+            return s.lerp_(one, -1.0).view(*x.shape[:-1], s.shape[-1])  # 2 s - 1 = s - (1 - s)
+
+        return forward
+
+
+def mlp(in_dim: int, hidden_dims: Sequence[int], activation: str = "tanh") -> MLP:
     """A stack of Linear + activation layers, ``in_dim -> hidden_dims[0] -> ... -> hidden_dims[-1]``.
 
     Raises:
@@ -65,7 +105,7 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], activation: str = "tanh") -> nn
     for d_in, d_out in zip([in_dim, *hidden_dims], hidden_dims):
         act = Tanh(inplace=True) if activation == "tanh" else ACTIVATIONS[activation]()  # on the Linear's output
         layers += [nn.Linear(d_in, d_out), act]
-    return nn.Sequential(*layers)
+    return MLP(*layers)
 
 
 def concat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -114,7 +154,11 @@ class BernoulliDecoder(nn.Module):
         self.logits = nn.Linear(hidden_dims[-1] if hidden_dims else z_dim, x_dim)
 
     def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
-        return LinearBernoulli(self.body(z), self.logits.weight, self.logits.bias, validate_args=False)
+        if torch.is_grad_enabled():
+            return LinearBernoulli(self.body(z), self.logits.weight, self.logits.bias, validate_args=False)
+        # Without autograd (importance sampling with K samples) the whole decoder runs lazily, piece by piece.
+        body = self.body.without_grad()
+        return LinearBernoulli(z, self.logits.weight, self.logits.bias, validate_args=False, body=body)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(self.body(z)))

@@ -75,6 +75,8 @@ def test_marginal_ceiling_times_every_variant_and_restores_the_parts(tmp_path, d
         assert (result.log_px < 0).all() and (result.bounds[1] <= result.log_px + 1e-6).all()
         h = torch.linspace(-3, 3, 7)
         torch.testing.assert_close(pplvae.networks.Tanh()(h), torch.tanh(h), rtol=0, atol=3e-7)
+        body = pplvae.networks.mlp(7, (5,))
+        assert body.without_grad() != body.forward  # the sigmoid form is back
 
 
 def test_hand_written_estimator_agrees_with_pplvae_within_monte_carlo_error():

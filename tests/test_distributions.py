@@ -16,7 +16,7 @@ from pplvae.distributions import (
     _sum_log_sigmoid_,
     bernoulli_log_prob,
 )
-from pplvae.networks import Tanh
+from pplvae.networks import BernoulliDecoder, Tanh, mlp
 
 
 def reference(logits, value):
@@ -217,6 +217,52 @@ def test_grey_pixels_or_pixels_per_sample_keep_the_general_form():
         for value in (grey, per_sample):
             p = IndependentBernoulli(logits, validate_args=False)  # grey levels: a cross-entropy
             torch.testing.assert_close(p.log_prob(value), bernoulli_log_prob(logits, value))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_linear_bernoulli_with_a_body_runs_the_whole_decoder_in_pieces(n):
+    """body(z) is computed piece by piece with the logits: same nats, and no hidden layer is kept."""
+    torch.manual_seed(12)
+    body, layer = mlp(10, (30, 20)).double(), torch.nn.Linear(20, 784).double()
+    z = torch.randn(1000, n, 10, dtype=torch.float64)  # 1000 x n x 784 logits: several pieces
+    x = (torch.rand(n, 784, dtype=torch.float64) < 0.3).double()
+    with torch.no_grad():
+        expected = reference(layer(body(z)), x)
+        p = LinearBernoulli(z, layer.weight, layer.bias, body=body.without_grad())
+        assert p.batch_shape == (1000, n) and "inputs of body: (1000, %d, 10)" % n in repr(p)
+        torch.testing.assert_close(p.log_prob(x), expected, rtol=0, atol=1e-9)
+        assert p._features is None and p._base is None  # neither hidden layers nor logits kept
+        torch.testing.assert_close(p.mean, torch.sigmoid(layer(body(z))))  # built on demand
+        expanded = LinearBernoulli(z[:1], layer.weight, layer.bias, body=body).expand((4, 1, n))
+        assert expanded.body is body and expanded.inputs.shape == (4, 1, n, 10)
+        torch.testing.assert_close(expanded.log_prob(x), expected[:1].expand(4, 1, n), rtol=0, atol=1e-9)
+    z.requires_grad_(True)  # under autograd: the body once, Bernoulli's own log-density
+    p = LinearBernoulli(z, layer.weight, layer.bias, body=body)
+    (grad,) = torch.autograd.grad(p.log_prob(x).sum(), [z])
+    (expected_grad,) = torch.autograd.grad(reference(layer(body(z)), x).sum(), [z])
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_mlp_without_grad_is_its_forward(dtype, atol):
+    torch.manual_seed(13)
+    tanh_net, relu_net = mlp(50, (200, 200)).to(dtype), mlp(50, (200,), activation="relu").to(dtype)
+    z = 3 * torch.randn(7, 5, 50, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(tanh_net.without_grad()(z), torch.tanh(tanh_net[2](torch.tanh(tanh_net[0](z)))),
+                                   rtol=0, atol=atol)
+        assert relu_net.without_grad() == relu_net.forward
+
+
+def test_bernoulli_decoder_without_grad_gives_the_lazy_decoder_with_the_same_log_density():
+    torch.manual_seed(14)
+    decoder = BernoulliDecoder(z_dim=50, x_dim=784, hidden_dims=(200, 200))
+    z, x = torch.randn(600, 2, 50), (torch.rand(2, 784) < 0.3).float()
+    trained_way = decoder(z).log_prob(x)  # under autograd: the features now, torch's Bernoulli
+    with torch.no_grad():
+        p = decoder(z)
+        assert p.body is not None and p._features is None
+        torch.testing.assert_close(p.log_prob(x), trained_way.detach(), rtol=1e-6, atol=2e-3)
 
 
 def test_linear_bernoulli_expands_its_features():
