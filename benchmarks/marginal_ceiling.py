@@ -69,10 +69,21 @@ def _no_bernoulli():
 def _no_tanh():
     stack = contextlib.ExitStack()
     stack.enter_context(mock.patch.object(pplvae.networks.Tanh, "forward", lambda self, x: x))
-    stack.enter_context(mock.patch.object(  # the decoder's sigmoid form: its Linear layers only
-        pplvae.networks.MLP, "without_grad", lambda self: self.forward
-    ))
+    stack.enter_context(mock.patch.object(pplvae.networks.MLP, "without_grad", _linear_layers_only))
     return stack
+
+
+def _linear_layers_only(body):
+    """The decoder's no-grad body (``MLP.without_grad``) without its sigmoid form's ``sigmoid_``: addmm only."""
+    linears = [m for m in body if isinstance(m, torch.nn.Linear)]
+
+    def forward(x):
+        s = x.reshape(-1, x.shape[-1])
+        for linear in linears:
+            s = torch.addmm(linear.bias, s, linear.weight.t())
+        return s.view(*x.shape[:-1], s.shape[-1])
+
+    return forward
 
 
 PARTS = {
