@@ -146,6 +146,9 @@ class BernoulliDecoder(nn.Module):
     i.e. ``Bernoulli(logits).to_event(1)`` with the last layer's logits computed
     lazily and a fast gradient-free ``log_prob``, batch shape (...) and event
     shape (x_dim,); ``mean(z)`` gives the pixel probabilities (..., x_dim).
+    Without autograd the hidden layers are lazy too (``MLP.without_grad`` as
+    the distribution's ``body``), so that importance sampling with K samples
+    runs the whole decoder piece by piece inside ``log_prob``.
     """
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
