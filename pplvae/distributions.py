@@ -65,7 +65,7 @@ __all__ = ["IndependentBernoulli", "LinearBernoulli", "Normal", "bernoulli_log_p
 _MAX_BLOCK = 64
 _SIGNED_BLOCK = 8
 _ROW_BLOCK_BYTES_PER_THREAD = 2**20
-"""Logits per piece of ``IndependentBernoulli.log_prob`` and torch thread: a Zen 4 core's L2 cache (512 KiB was 8% slower)."""
+"""Logits per piece of ``IndependentBernoulli.log_prob`` and torch thread: a Zen 4 core's L2 cache (512 KiB was 6 to 7% slower)."""
 
 
 def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
