@@ -50,13 +50,13 @@ tracing, the guide's encoder: about 1.3 ms on two threads) is small beside a
 chunk's arithmetic: on two threads it gives Burda et al.'s 784-200-200-50 VAE
 chunks of K = 5000 samples of three images, 2 to 10% faster than one image
 (a budget of 128 MiB on two threads), which in turn was 12% faster than 2500
-samples (64 MiB on two threads).
-Small enough that a chunk's tensors mostly stay in the processor's caches:
-seven images per chunk (512 MiB on two threads) were slower again (docs/marginal_likelihood.md,
+samples (64 MiB on two threads); seven images per chunk (512 MiB) were no
+faster, within the noise of the 2-core VM (docs/marginal_likelihood.md,
 Memory). The estimate of a chunk's memory counts every site's tensors; a
-decoder returning a :class:`~pplvae.distributions.LinearBernoulli` never
-holds all its logits, so the real footprint is smaller. More threads finish
-a chunk sooner, so they get larger chunks.
+decoder returning a :class:`~pplvae.distributions.LinearBernoulli` builds
+neither its logits nor (with a ``body``) its hidden layers for the whole
+chunk, so the real footprint is smaller. More threads finish a chunk
+sooner, so they get larger chunks.
 """
 CUDA_MEMORY_BYTES = 4 * 2**30
 """Default budget for one chunk on a GPU: 4 GiB, or a quarter of the free GPU memory if less."""
