@@ -230,6 +230,7 @@ def _binary_signs(value: torch.Tensor, batch_event_dims: int):
     return 2 * value - 1
 
 
+@functools.lru_cache(maxsize=None)
 def _signed_block(d: int) -> int:
     """The largest divisor b <= 8 of D: sigmoids multiplied per ``log`` by :func:`_sum_log_sigmoid_`."""
     return max(b for b in range(1, _SIGNED_BLOCK + 1) if d % b == 0)

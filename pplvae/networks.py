@@ -71,6 +71,10 @@ class MLP(nn.Sequential):
         2 s - 1: 5 kernels for two layers where ``forward`` runs 10. The same
         numbers to float rounding (tests/test_distributions.py). For other
         activations it is ``forward`` itself.
+
+        Returns:
+            A function (..., in_dim) -> (..., hidden_dims[-1]) that holds this
+            network's weights as they are now (call again after a training step).
         """
         linears = [m for m in self if isinstance(m, nn.Linear)]
         if not linears or not all(isinstance(m, Tanh) for m in self if not isinstance(m, nn.Linear)):
