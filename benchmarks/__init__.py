@@ -7,5 +7,7 @@ Run from the repository root (see ``docs/benchmarks.md``)::
     python -m benchmarks.trace_once   # what pplvae's remaining overhead is made of
 
 ``benchmarks/marginal_throughput.py`` (a script) measures the log p(x)
-estimator's throughput; see ``docs/marginal_likelihood.md``.
+estimator's throughput, ``marginal_ceiling.py`` where its distance to
+``torch.mm`` lies and ``marginal_noise.py`` how much that ratio varies for the
+same work on this machine; see ``docs/marginal_likelihood.md``.
 """

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
@@ -77,6 +78,21 @@ def test_marginal_ceiling_times_every_variant_and_restores_the_parts(tmp_path, d
         torch.testing.assert_close(pplvae.networks.Tanh()(h), torch.tanh(h), rtol=0, atol=3e-7)
         body = pplvae.networks.mlp(7, (5,))
         assert body.without_grad() != body.forward  # the sigmoid form is back
+
+
+def test_marginal_noise_writes_one_row_per_round_of_the_same_estimate(tmp_path, data_dir):
+    from benchmarks import marginal_noise
+
+    out = tmp_path / "noise.csv"
+    table = marginal_noise.main(["--num-samples", "20", "--num-examples", "3", "--rounds", "3", "--mm-repeats", "2",
+                                 "--data-dir", str(data_dir), "--out", str(out)])
+    written = pd.read_csv(out)
+    assert list(written["round"]) == list(table["round"]) == [0, 1, 2]
+    assert (written.seconds > 0).all() and (written.mm_gflops_per_s > 0).all()
+    # The ratio is the decoder's rate over torch.mm's: 413,600 flops per sample of the 784-200-200-50 decoder.
+    decoder_gflops = 413_600 * 20 * 3 / 1e9 / written.seconds
+    assert written.ratio_to_mm.to_numpy() == pytest.approx((decoder_gflops / written.mm_gflops_per_s).to_numpy())
+    assert written.ms_per_image.to_numpy() == pytest.approx((written.seconds / 3 * 1e3).to_numpy())
 
 
 def test_hand_written_estimator_agrees_with_pplvae_within_monte_carlo_error():

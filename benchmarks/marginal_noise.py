@@ -1,0 +1,97 @@
+"""How much does the ratio to torch.mm vary on this machine when the work does not? The same estimate, round after round.
+
+``benchmarks/marginal_throughput.py`` reports one ratio of the decoder's
+GFLOP/s to ``torch.mm``'s for one run. On a shared virtual machine the
+neighbours' load changes from minute to minute, and it slows the estimate
+(which moves data through the caches between its matmuls) and ``torch.mm``
+(which mostly computes) by different amounts. This script measures that
+spread: it scores the same MNIST test images with K samples each, ``--rounds``
+times in one process, and times ``torch.mm`` on the decoder's shapes
+(:class:`benchmarks.marginal_throughput.MatmulReference`) right after every
+round. Every round does the same arithmetic on the same data (the draws
+differ), so on a quiet, dedicated machine the rounds agree to a few percent;
+the spread it reports is the machine's, not the estimator's. The weights are
+untrained (the arithmetic, hence the timing, does not depend on them), as in
+``benchmarks/marginal_ceiling.py``.
+
+    python -m benchmarks.marginal_noise                   # 40 rounds of 240 images, K = 5000: about 3.5 minutes
+    python -m benchmarks.marginal_noise --rounds 5 --num-examples 30
+
+Writes one CSV row per round (``--out``) and prints the rounds and the
+spread (minimum, quartiles, maximum) of the time per image and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import torch
+
+from benchmarks.marginal_throughput import MatmulReference, decoder_flops_per_sample
+from pplvae import VAE, VAEConfig, load_dataset, log_marginal_likelihood
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num-samples", type=int, default=5000, help="K per image (default 5000)")
+    parser.add_argument("--num-examples", type=int, default=240, help="MNIST test images per round (default 240)")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds on the same images (default 40)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--mm-repeats", type=int, default=20, help="timed torch.mm repeats after each round")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
+    parser.add_argument("--out", type=Path, default=Path("marginal_noise.csv"), help="CSV to write")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> pd.DataFrame:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    data = load_dataset("mnist", args.data_dir, train_size=100, test_size=args.num_examples)
+    x = data.x_test[: args.num_examples]  # (N, 784), fixed binarization
+    torch.manual_seed(args.seed)
+    model = VAE(VAEConfig(x_dim=data.x_dim, z_dim=50, hidden_dims=(200, 200), activation="tanh")).eval()
+    pyro.set_rng_seed(args.seed)
+    warm_up = log_marginal_likelihood(model.model, model.guide, x[:6], num_samples=args.num_samples)
+    reference = MatmulReference(model, warm_up.chunk_shape, torch.device("cpu"))
+    gflop = decoder_flops_per_sample(model) * args.num_samples * len(x) / 1e9
+
+    rows = []
+    start = time.perf_counter()
+    for round_ in range(args.rounds):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = log_marginal_likelihood(model.model, model.guide, x, num_samples=args.num_samples)
+        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+        mm_rate = reference.rate(args.mm_repeats)[0]
+        rows.append({
+            "round": round_,
+            "started_s": wall - start,
+            "seconds": seconds,
+            "ms_per_image": seconds / len(x) * 1e3,
+            "cpu_ms_per_image": cpu_seconds / len(x) * 1e3,
+            "decoder_gflops_per_s": gflop / seconds,
+            "mm_gflops_per_s": mm_rate,
+            "ratio_to_mm": gflop / seconds / mm_rate,
+        })
+        print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+
+    table = pd.DataFrame(rows)
+    table.insert(1, "threads", torch.get_num_threads())
+    table.insert(2, "chunk", "x".join(map(str, result.chunk_shape)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    spread = table[["ms_per_image", "mm_gflops_per_s", "ratio_to_mm"]].describe().loc[["min", "25%", "50%", "75%", "max"]]
+    print(f"{args.rounds} rounds of the same {len(x)} images, K = {args.num_samples}, {torch.get_num_threads()} threads:")
+    print(spread.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"written to {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
