@@ -102,28 +102,44 @@ VARIANTS = {
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser, num_examples: int, rounds: int, rounds_help: str, out: str) -> None:
+    """The arguments of this script, also those of ``benchmarks/marginal_noise.py`` with its own defaults."""
     parser.add_argument("--num-samples", type=int, default=5000, help="K per image (default 5000)")
-    parser.add_argument("--num-examples", type=int, default=10, help="MNIST test images (default 10)")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds; the fastest of each variant counts")
+    parser.add_argument("--num-examples", type=int, default=num_examples,
+                        help=f"MNIST test images (default {num_examples})")
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"{rounds_help} (default {rounds})")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--mm-repeats", type=int, default=20, help="timed torch.mm repeats per measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
-    parser.add_argument("--out", type=Path, default=Path("marginal_ceiling.csv"), help="CSV to write")
+    parser.add_argument("--out", type=Path, default=Path(out), help="CSV to write")
+
+
+def untrained_vae_and_images(args: argparse.Namespace) -> tuple[VAE, torch.Tensor]:
+    """Burda et al.'s 784-200-200-50 tanh VAE, untrained (seed ``args.seed``), in eval mode, and the images to score.
+
+    The images are the first ``args.num_examples`` of the fixed-binarized MNIST
+    test set, (N, 784). Also sets torch's threads to ``args.threads`` if given.
+    """
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    data = load_dataset("mnist", args.data_dir, train_size=100, test_size=args.num_examples)
+    torch.manual_seed(args.seed)
+    model = VAE(VAEConfig(x_dim=data.x_dim, z_dim=50, hidden_dims=(200, 200), activation="tanh")).eval()
+    return model, data.x_test[: args.num_examples]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser, num_examples=10, rounds=4, rounds_help="interleaved rounds; the fastest of each variant counts",
+                  out="marginal_ceiling.csv")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> pd.DataFrame:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
-    data = load_dataset("mnist", args.data_dir, train_size=100, test_size=args.num_examples)
-    x = data.x_test[: args.num_examples]  # (N, 784), fixed binarization
-    torch.manual_seed(args.seed)
-    model = VAE(VAEConfig(x_dim=data.x_dim, z_dim=50, hidden_dims=(200, 200), activation="tanh")).eval()
+    model, x = untrained_vae_and_images(args)
 
     def estimate(parts):
         with contextlib.ExitStack() as stack:

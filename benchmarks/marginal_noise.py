@@ -26,37 +26,25 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pyro
 import torch
 
+from benchmarks.marginal_ceiling import add_arguments, untrained_vae_and_images
 from benchmarks.marginal_throughput import MatmulReference, decoder_flops_per_sample
-from pplvae import VAE, VAEConfig, load_dataset, log_marginal_likelihood
+from pplvae import log_marginal_likelihood
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--num-samples", type=int, default=5000, help="K per image (default 5000)")
-    parser.add_argument("--num-examples", type=int, default=240, help="MNIST test images per round (default 240)")
-    parser.add_argument("--rounds", type=int, default=40, help="rounds on the same images (default 40)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--mm-repeats", type=int, default=20, help="timed torch.mm repeats after each round")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
-    parser.add_argument("--out", type=Path, default=Path("marginal_noise.csv"), help="CSV to write")
+    add_arguments(parser, num_examples=240, rounds=40, rounds_help="rounds on the same images", out="marginal_noise.csv")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> pd.DataFrame:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    data = load_dataset("mnist", args.data_dir, train_size=100, test_size=args.num_examples)
-    x = data.x_test[: args.num_examples]  # (N, 784), fixed binarization
-    torch.manual_seed(args.seed)
-    model = VAE(VAEConfig(x_dim=data.x_dim, z_dim=50, hidden_dims=(200, 200), activation="tanh")).eval()
+    model, x = untrained_vae_and_images(args)
     pyro.set_rng_seed(args.seed)
     warm_up = log_marginal_likelihood(model.model, model.guide, x[:6], num_samples=args.num_samples)
     reference = MatmulReference(model, warm_up.chunk_shape, torch.device("cpu"))
