@@ -2,11 +2,11 @@
 
 ``benchmarks/marginal_throughput.py`` reports one ratio of the decoder's
 GFLOP/s to ``torch.mm``'s for one run. On a shared virtual machine the
-neighbours' load changes from minute to minute, and it slows the estimate
-(which moves data through the caches between its matmuls) and ``torch.mm``
-(which mostly computes) by different amounts. This script measures that
-spread: it scores the same MNIST test images with K samples each, ``--rounds``
-times in one process, and times ``torch.mm`` on the decoder's shapes
+neighbours' load changes from minute to minute, and it slows the estimate,
+whose threads meet at the end of each of its many short kernels, more than
+the few long kernels of ``torch.mm``. This script measures that
+spread on the CPU: it scores the same MNIST test images with K samples each,
+``--rounds`` times in one process, and times ``torch.mm`` on the decoder's shapes
 (:class:`benchmarks.marginal_throughput.MatmulReference`) right after every
 round. Every round does the same arithmetic on the same data (the draws
 differ), so on a quiet, dedicated machine the rounds agree to a few percent;
