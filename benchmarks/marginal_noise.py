@@ -32,7 +32,7 @@ import pyro
 import torch
 
 from benchmarks.marginal_ceiling import add_arguments, untrained_vae_and_images
-from benchmarks.marginal_throughput import MatmulReference, decoder_flops_per_sample
+from benchmarks.marginal_throughput import MatmulReference, Timer, decoder_flops_per_sample
 from pplvae import log_marginal_likelihood
 
 
@@ -47,19 +47,21 @@ def main(argv=None) -> pd.DataFrame:
     model, x = untrained_vae_and_images(args)
     pyro.set_rng_seed(args.seed)
     warm_up = log_marginal_likelihood(model.model, model.guide, x[:6], num_samples=args.num_samples)
-    reference = MatmulReference(model, warm_up.chunk_shape, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    reference = MatmulReference(model, warm_up.chunk_shape, cpu)
     gflop = decoder_flops_per_sample(model) * args.num_samples * len(x) / 1e9
 
     rows = []
     start = time.perf_counter()
     for round_ in range(args.rounds):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = log_marginal_likelihood(model.model, model.guide, x, num_samples=args.num_samples)
-        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+        started = time.perf_counter() - start
+        with Timer(cpu) as timer:
+            result = log_marginal_likelihood(model.model, model.guide, x, num_samples=args.num_samples)
+        seconds, cpu_seconds = timer.seconds, timer.cpu_seconds
         mm_rate = reference.rate(args.mm_repeats)[0]
         rows.append({
             "round": round_,
-            "started_s": wall - start,
+            "started_s": started,
             "seconds": seconds,
             "ms_per_image": seconds / len(x) * 1e3,
             "cpu_ms_per_image": cpu_seconds / len(x) * 1e3,

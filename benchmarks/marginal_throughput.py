@@ -118,7 +118,7 @@ class MatmulReference:
         best = (0.0, 0.0)
         for rows in self.row_counts:
             self._once(rows)  # warm up
-            with _Timer(self.device) as timer:
+            with Timer(self.device) as timer:
                 for _ in range(repeats):
                     self._once(rows)
             gflop = repeats * rows * sum(2 * i * o for i, o in self.shapes) / 1e9
@@ -144,7 +144,7 @@ class _MatmulDuring:
     def __call__(self, done: int) -> None:
         if time.perf_counter() < self._next:
             return
-        with _Timer(self.reference.device) as timer:
+        with Timer(self.reference.device) as timer:
             self.rates.append(self.reference.rate(self.repeats)[0])
         self.seconds += timer.seconds
         self.cpu_seconds += timer.cpu_seconds
@@ -156,7 +156,7 @@ class _MatmulDuring:
         return sum(self.rates) / len(self.rates) if self.rates else math.nan
 
 
-class _Timer:
+class Timer:
     """Wall-clock and process CPU seconds of a block (CUDA synchronized at both ends)."""
 
     def __init__(self, device: torch.device):
@@ -242,7 +242,7 @@ def main(argv=None) -> pd.DataFrame:
     memory_before = _reset_peak_rss() if device.type != "cuda" else torch.cuda.memory_allocated(device) / 2**20
     during = _MatmulDuring(reference, max(1, args.mm_repeats // 4), args.mm_every)
     pyro.set_rng_seed(args.seed)
-    with _Timer(device) as timer:
+    with Timer(device) as timer:
         result = log_marginal_likelihood(
             model.model, model.guide, x, num_samples=num_samples, max_memory_bytes=budget, progress=during
         )
@@ -254,7 +254,7 @@ def main(argv=None) -> pd.DataFrame:
     if args.hand_written:  # the reference run, side by side: same weights, images, K and device
         twin = torch_vae_like(model).eval()
         pyro.set_rng_seed(args.seed)
-        with _Timer(device) as hand_timer:
+        with Timer(device) as hand_timer:
             hand_log_px = hand_written_log_px(twin, x, num_samples, chunk_samples=result.chunk_shape[0])
         hand_written = {
             "hand_written_seconds": hand_timer.seconds,
