@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyro
 
+from pplvae.burda_protocol import BURDA_MODELS
 from pplvae.data import DATASETS, IMAGE_SHAPES, DataNotFoundError, load_dataset
 from pplvae.evaluation import EVALUATION, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
@@ -18,6 +19,7 @@ from pplvae.networks import ACTIVATIONS, DECODERS
 from pplvae.objectives import KERNELS, OBJECTIVES
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
 from pplvae.runs import load_run
+from pplvae.schedules import BURDA_STAGES, SCHEDULES, burda_epochs
 from pplvae.training import COMPILE_MODES, TrainConfig, fit
 
 DEFAULT_LIKELIHOOD = {"mnist": "bernoulli", "freyface": "gaussian"}
@@ -26,6 +28,26 @@ DEFAULT_LIKELIHOOD = {"mnist": "bernoulli", "freyface": "gaussian"}
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding the data (default: $PPLVAE_DATA_DIR, then ~/.cache/pplvae)")
     parser.add_argument("--download", action="store_true", help="download MNIST if no folder holds it")
+
+
+def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    parser.add_argument("--adam-eps", type=float, default=defaults.adam_eps,
+                        help="Adam's eps (default: Burda et al.'s 1e-4)")
+    parser.add_argument("--adam-betas", type=float, nargs=2, default=list(defaults.adam_betas), metavar="B")
+    parser.add_argument("--lr-schedule", choices=SCHEDULES, default=defaults.lr_schedule,
+                        help="learning rate per epoch: burda = 3^i epochs at lr * 10^(-i/7) for stage i; "
+                             "step = times --lr-gamma every --lr-step-size epochs; cosine = down to --lr-min")
+    parser.add_argument("--lr-step-size", type=int, default=defaults.lr_step_size, metavar="EPOCHS")
+    parser.add_argument("--lr-gamma", type=float, default=defaults.lr_gamma)
+    parser.add_argument("--lr-min", type=float, default=defaults.lr_min)
+    parser.add_argument("--clip-norm", type=float, help="clip the gradients' global L2 norm to this")
+
+
+def _optimizer_options(args: argparse.Namespace) -> dict:
+    return dict(adam_eps=args.adam_eps, adam_betas=tuple(args.adam_betas), lr_schedule=args.lr_schedule,
+                lr_step_size=args.lr_step_size, lr_gamma=args.lr_gamma, lr_min=args.lr_min,
+                clip_norm=args.clip_norm)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: bernoulli for mnist (binarized), gaussian for freyface")
     train.add_argument("--epochs", type=int, default=10, help="total epochs (also when resuming)")
     train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (of the first epoch)")
+    _add_optimizer_flags(train)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--objective", choices=OBJECTIVES, default="elbo",
                        help="elbo (sampled KL), elbo-analytic (closed-form KL), iwae (K-sample bound), "
@@ -109,6 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     quadrants.add_argument("--test-size", type=int, help="use only the first N test images")
     quadrants.add_argument("--out", type=Path, default=Path("runs/quadrants"), help="folder for runs, CSV, pictures")
     _add_data_flags(quadrants)
+
+    reproduce = commands.add_parser("reproduce", help="a paper's protocol as one command")
+    papers = reproduce.add_subparsers(dest="paper", required=True)
+    burda = papers.add_parser(
+        "burda", help="Burda et al. (2016), MNIST: batch 20, the 8-stage schedule (3280 epochs), "
+                      "then log p(x) with K=5000 on the test set and the active units")
+    burda.add_argument("--model", choices=BURDA_MODELS, default="vae",
+                       help="vae: one stochastic layer (50); hvae: two (100, 50)")
+    burda.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
+    burda.add_argument("--num-particles", type=int, choices=(1, 5, 50), default=1, metavar="K",
+                       help="k, samples per datapoint in training (1, 5 or 50)")
+    burda.add_argument("--stages", type=int, choices=range(1, BURDA_STAGES + 1), default=BURDA_STAGES,
+                       metavar="S", help="run stages 0..S-1 of the schedule only (8: 3280 epochs; 5: 121)")
+    burda.add_argument("--num-samples", type=int, default=5000, help="K of the log p(x) estimate")
+    burda.add_argument("--train-size", type=int, help="use only the first N training images")
+    burda.add_argument("--test-size", type=int, help="use only the first N test images")
+    burda.add_argument("--seed", type=int, default=0)
+    burda.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    burda.add_argument("--out", type=Path, help="run folder (default: runs/burda-MODEL-OBJECTIVE-kK)")
+    burda.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    burda.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_data_flags(burda)
     return parser
 
 
@@ -123,7 +168,7 @@ def train(args: argparse.Namespace) -> None:
                                    seed=args.seed, device=args.device, objective=args.objective,
                                    beta=args.beta, kl_warmup=args.kl_warmup, num_particles=args.num_particles,
                                    mmd_weight=args.mmd_weight, kernel=args.kernel, compile=args.compile,
-                                   compile_mode=args.compile_mode)
+                                   compile_mode=args.compile_mode, **_optimizer_options(args))
         run_config = {
             "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
                       "activation": args.activation, "likelihood": likelihood},
@@ -131,7 +176,7 @@ def train(args: argparse.Namespace) -> None:
                      "train_size": args.train_size, "test_size": args.test_size},
             "train": asdict(train_config),
         }
-    config = TrainConfig(**run_config["train"])
+    config = TrainConfig.from_dict(run_config["train"])
     data = load_dataset(run_config["data"]["dataset"], args.data_dir, args.download,
                         **{k: v for k, v in run_config["data"].items() if k != "dataset"})
     pyro.set_rng_seed(config.seed)
@@ -208,8 +253,35 @@ def quadrants(args: argparse.Namespace) -> None:
     print(f"table: {args.out / 'quadrants.csv'}; pictures: {args.out}/quadrants_q*.png")
 
 
+def reproduce(args: argparse.Namespace) -> None:
+    from pplvae.burda_protocol import run_burda_protocol
+
+    out = args.out or Path("runs") / f"burda-{args.model}-{args.objective}-k{args.num_particles}"
+    data = load_dataset("mnist", args.data_dir, args.download, binarized=True,
+                        train_size=args.train_size, test_size=args.test_size)
+    epochs = burda_epochs(args.stages)
+
+    def report(row):
+        print(f"epoch {row['epoch']:4d}/{epochs}  lr {row['lr']:.2e}  train {row['train_elbo']:9.2f}  "
+              f"test {row['test_elbo']:9.2f} nats/image (objective's ELBO)  ({row['seconds']:.1f} s)", flush=True)
+
+    print(f"Burda et al. (2016) protocol: {args.model}, {args.objective} k={args.num_particles}, "
+          f"{args.stages} of 8 stages ({epochs} epochs, batch 20) on {len(data.x_train)} training images, "
+          f"then K={args.num_samples} on {len(data.x_test)} test images, into {out}", flush=True)
+    table = run_burda_protocol(data, out, args.model, args.objective, args.num_particles, args.stages,
+                               args.num_samples, args.seed, args.device, args.resume, args.data_dir,
+                               on_epoch=report, progress=not args.no_progress)
+    row = table.iloc[0]
+    print(f"test NLL {row['test_nll']:.2f} ± {row['log_px_stderr']:.2f} nats (K={row['K']}, "
+          f"{row['test_images']} images, {row['epochs']} epochs); Burda et al. Table 1: "
+          f"{row['paper_nll']:.2f} (3280 epochs); test ELBO {row['test_elbo']:.2f}; "
+          f"active units {row['active_units']}")
+    print(table.to_string(index=False, float_format="%.2f"))
+    print(f"written to {out / 'burda.csv'}")
+
+
 COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate,
-            "quadrants": quadrants}
+            "quadrants": quadrants, "reproduce": reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

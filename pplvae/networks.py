@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import pyro.distributions as dist
@@ -10,6 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
+#: Parametrizations of :class:`GaussianEncoder`'s scale.
+SCALES = ("exp", "softplus")
+#: Clamp of the mean pixel before the logit in :meth:`BernoulliDecoder.init_output_bias`.
+OUTPUT_MEAN_CLAMP = 1e-3
 
 
 def mlp(in_dim: int, hidden_dims: Sequence[int], activation: str = "tanh") -> nn.Sequential:
@@ -56,17 +61,45 @@ class GaussianEncoder(nn.Module):
     """q(z | x) = N(z; loc(x), diag(scale(x)^2)), an MLP (Kingma & Welling 2013, appendix C.2).
 
     ``forward(x)`` maps (..., in_dim) to ``(z_loc, z_scale)``, each (..., z_dim);
-    ``z_scale`` is a standard deviation, ``exp`` of the network's log-scale output.
+    ``z_scale`` is a standard deviation. Also the conditional prior of a
+    hierarchical model, p(z1 | z2).
+
+    Args:
+        in_dim, z_dim, hidden_dims, activation: the MLP's sizes, as :func:`mlp`.
+        scale: ``"exp"``: z_scale = exp(h) (Kingma & Welling; Burda et al.), or
+            ``"softplus"``: z_scale = softplus(h), which grows linearly, not
+            exponentially, in the network's output h.
+        scale_init: the scale the head's bias starts at (its bias set to
+            log(scale_init), or softplus^-1(scale_init)); None keeps torch's
+            default init (scale about 1 for ``"exp"``, 0.69 for ``"softplus"``).
+        skip: add a linear map of the input to ``z_loc`` (a skip connection
+            around the MLP), so the mean starts linear in the input.
+
+    Raises:
+        ValueError: an unknown ``scale`` or a ``scale_init`` <= 0.
     """
 
-    def __init__(self, in_dim: int, z_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
+    def __init__(self, in_dim: int, z_dim: int, hidden_dims: Sequence[int], activation: str = "tanh",
+                 scale: str = "exp", scale_init: float | None = None, skip: bool = False):
         super().__init__()
+        if scale not in SCALES:
+            raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")
+        if scale_init is not None and not scale_init > 0:
+            raise ValueError(f"scale_init must be positive, got {scale_init}.")
         self.body = mlp(in_dim, hidden_dims, activation)
         self.loc_scale = nn.Linear(hidden_dims[-1] if hidden_dims else in_dim, 2 * z_dim)
+        self.skip = nn.Linear(in_dim, z_dim, bias=False) if skip else None
+        self.scale = scale
+        if scale_init is not None:
+            bias = math.log(scale_init) if scale == "exp" else math.log(math.expm1(scale_init))
+            with torch.no_grad():
+                self.loc_scale.bias[z_dim:] = bias
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z_loc, z_log_scale = self.loc_scale(self.body(x)).chunk(2, dim=-1)
-        return z_loc, z_log_scale.exp()
+        z_loc, h = self.loc_scale(self.body(x)).chunk(2, dim=-1)
+        if self.skip is not None:
+            z_loc = z_loc + self.skip(x)
+        return z_loc, h.exp() if self.scale == "exp" else F.softplus(h)
 
 
 class BernoulliDecoder(nn.Module):
@@ -74,7 +107,8 @@ class BernoulliDecoder(nn.Module):
 
     ``forward(z)`` maps (..., z_dim) to ``dist.Bernoulli(logits=logits).to_event(1)``,
     batch shape (...) and event shape (x_dim,); ``mean(z)`` gives the pixel
-    probabilities (..., x_dim).
+    probabilities (..., x_dim). :meth:`init_output_bias` starts the output
+    bias at the logit of the mean training pixel (Burda et al. 2016's code).
     """
 
     def __init__(self, z_dim: int, x_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
@@ -87,6 +121,27 @@ class BernoulliDecoder(nn.Module):
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(self.body(z)))
+
+    @torch.no_grad()
+    def init_output_bias(self, x_mean: torch.Tensor, clamp: float = OUTPUT_MEAN_CLAMP) -> None:
+        """Set the output layer's bias to logit(x_mean), x_mean clamped to [clamp, 1 - clamp].
+
+        With the hidden layers' output near zero at the start, every pixel then
+        starts at its mean over the training set instead of at 1/2, which takes
+        the first epochs off learning the average image (Burda, Grosse &
+        Salakhutdinov 2016, their code; the clamp keeps always-black border
+        pixels at a finite logit, about -6.9 for the default 1e-3).
+
+        Args:
+            x_mean: (x_dim,) mean training pixel, in [0, 1].
+            clamp: the distance from 0 and 1 the mean is clamped to before the logit.
+
+        Raises:
+            ValueError: ``x_mean`` does not have shape (x_dim,).
+        """
+        if x_mean.shape != self.logits.bias.shape:
+            raise ValueError(f"x_mean must have shape {tuple(self.logits.bias.shape)}, got {tuple(x_mean.shape)}.")
+        self.logits.bias.copy_(torch.logit(x_mean.clamp(clamp, 1 - clamp)))
 
 
 class GaussianDecoder(nn.Module):

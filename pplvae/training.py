@@ -8,6 +8,8 @@ References:
     [1] Kingma & Welling (2013), "Auto-Encoding Variational Bayes", algorithm 1.
     [2] Ranganath, Gerrish & Blei (2014), "Black Box Variational Inference".
     [3] Sønderby et al. (2016), "Ladder Variational Autoencoders" (KL warm-up).
+    [4] Burda, Grosse & Salakhutdinov (2016), "Importance Weighted Autoencoders",
+        section 5 (Adam eps 1e-4, the staged learning-rate schedule).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pplvae.data import ImageData
 from pplvae.data.images import binarize
 from pplvae.models import model_config
 from pplvae.objectives import KERNELS, OBJECTIVES, kl_warmup_weight, make_objective
+from pplvae.schedules import SCHEDULES, make_scheduler
 from pplvae.trace_elbo import FastTrace_ELBO
 
 logger = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ METRICS = "metrics.csv"
 CONFIG = "config.json"
 TRAIN_SUBSET_BINARIZATION_SEED = 1  # the train-side metrics' fixed binarization
 COMPILE_MODES = ("default", "reduce-overhead")
+#: TrainConfig fields of configs saved before the field existed: what those runs used.
+LEGACY_TRAIN_DEFAULTS = {"adam_eps": 1e-8}
 
 
 @dataclass
@@ -48,7 +53,21 @@ class TrainConfig:
     Attributes:
         epochs: passes over the training set (the total, also when resuming).
         batch_size: datapoints per SVI step.
-        learning_rate: Adam's step size.
+        learning_rate: Adam's step size (of epoch 0 under a schedule).
+        adam_betas: Adam's (beta1, beta2).
+        adam_eps: Adam's epsilon; default 1e-4, Burda et al.'s [4] (torch's own
+            default, 1e-8, trains the 784-200-200-50 VAE to a worse optimum at
+            equal epochs: docs/variants_results.md).
+        lr_schedule: the learning rate per epoch, one of
+            :data:`pplvae.schedules.SCHEDULES`: ``"constant"``, ``"burda"``
+            (stage i = 0, 1, ... of 3^i epochs at ``learning_rate`` * 10^(-i/7) [4]),
+            ``"step"`` (times ``lr_gamma`` every ``lr_step_size`` epochs) or
+            ``"cosine"`` (down to ``lr_min`` at ``epochs``); see
+            :func:`pplvae.schedules.make_scheduler`.
+        lr_step_size, lr_gamma: the ``"step"`` schedule's period (epochs) and factor.
+        lr_min: the ``"cosine"`` schedule's last rate.
+        clip_norm: clip the gradients' global L2 norm (of the per-datapoint
+            loss) to this before each Adam step; None: no clipping.
         seed: seeds torch, Python and NumPy (``pyro.set_rng_seed``): the same
             seed and config give the same numbers on the same machine.
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
@@ -76,6 +95,13 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-4
+    lr_schedule: str = "constant"
+    lr_step_size: int = 1
+    lr_gamma: float = 0.1
+    lr_min: float = 0.0
+    clip_norm: float | None = None
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 1000
@@ -109,7 +135,29 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)  # a list from config.json
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}.")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be positive, got {self.adam_eps}.")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}.")
+        if int(self.lr_step_size) < 1 or not 0 < self.lr_gamma <= 1 or not 0 <= self.lr_min < self.learning_rate:
+            raise ValueError(f"Need lr_step_size >= 1, 0 < lr_gamma <= 1 and 0 <= lr_min < learning_rate, got "
+                             f"{self.lr_step_size}, {self.lr_gamma}, {self.lr_min}.")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}.")
         resolve_device(self.device)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainConfig":
+        """The config saved in a run's ``config.json`` (``asdict`` of a TrainConfig).
+
+        Fields a run saved before they existed take the value it was trained
+        with, not today's default: ``adam_eps`` 1e-8 (torch's default, used
+        before the field existed).
+        """
+        return cls(**{**LEGACY_TRAIN_DEFAULTS, **saved})
 
     def build_objective(self):
         """The training objective this config names, at its target ``beta``."""
@@ -245,8 +293,10 @@ class Trainer:
         self.model = model.to(self.device)
         self.loss = NegativeELBO(self.model, objective if objective is not None else config.build_objective())
         self.step_loss = CompiledLoss(self.loss, config.compile_mode) if config.compile else self.loss
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
-                                          fused=self.device.type in ("cpu", "cuda"))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, betas=config.adam_betas,
+                                          eps=config.adam_eps, fused=self.device.type in ("cpu", "cuda"))
+        self.scheduler = make_scheduler(self.optimizer, config.lr_schedule, config.epochs, config.lr_step_size,
+                                        config.lr_gamma, config.lr_min)
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -255,6 +305,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.step_loss(*args)
         loss.backward()
+        if self.config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         self.optimizer.step()
         return loss.detach()
 
@@ -340,6 +392,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "history": self.history,
             "rng": rng,
@@ -348,6 +401,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # absent in checkpoints written before schedules existed
+            self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
         pyro.util.set_rng_state(state["rng"]["pyro"])
@@ -357,12 +412,13 @@ class Trainer:
 
     def metrics(self) -> pd.DataFrame:
         """Per-epoch metrics: epoch, train_elbo, test_elbo (nats per datapoint), the split terms
-        ``{train,test}_{reconstruction,kl[,mmd],total}`` (per datapoint), beta, seconds."""
+        ``{train,test}_{reconstruction,kl[,mmd],total}`` (per datapoint), beta, lr (the learning
+        rate the epoch trained at), seconds."""
         columns = ["epoch", "train_elbo", "test_elbo"]
         for side in ("train", "test"):
             columns += [f"{side}_{key}" for key in ("reconstruction", "kl", "mmd", "total")
                         if not self.history or f"{side}_{key}" in self.history[0]]
-        return pd.DataFrame(self.history, columns=columns + ["beta", "seconds"])
+        return pd.DataFrame(self.history, columns=columns + ["beta", "lr", "seconds"])
 
 
 def default_run_config(model: nn.Module, data: ImageData, config: TrainConfig) -> dict:
@@ -373,6 +429,26 @@ def default_run_config(model: nn.Module, data: ImageData, config: TrainConfig) -
                  "train_size": len(data.x_train), "test_size": len(data.x_test)},
         "train": asdict(config),
     }
+
+
+def init_from_data(model: nn.Module, data: ImageData) -> bool:
+    """Call ``model.init_from_data(x_mean)`` with the mean training datapoint, when the model has it.
+
+    ``x_mean`` is ``data.x_train.mean(0)``, (x_dim,): for dynamically binarized
+    data the mean of the grey levels is the mean of the binarized pixels. The
+    built-in models set their Bernoulli decoder's output bias to the logit of
+    this mean ([4]; :meth:`pplvae.networks.BernoulliDecoder.init_output_bias`).
+    :func:`fit` calls this once at the start of a fresh run, never on resume.
+
+    Returns:
+        True when the model has the hook and it was called.
+    """
+    hook = getattr(model, "init_from_data", None)
+    if hook is None:
+        return False
+    with torch.no_grad():
+        hook(data.x_train.mean(0))
+    return True
 
 
 def fit(
@@ -387,8 +463,9 @@ def fit(
 ) -> pd.DataFrame:
     """Fit ``model`` to ``data`` by SVI and return the per-epoch metrics.
 
-    After every epoch the test ELBO is computed and, when ``run_dir`` is given,
-    ``checkpoint.pt`` (model, optimiser, epoch, RNG states, metrics so far) and
+    After every epoch the learning-rate scheduler steps, the test ELBO is
+    computed and, when ``run_dir`` is given, ``checkpoint.pt`` (model,
+    optimiser, scheduler, epoch, RNG states, metrics so far) and
     ``metrics.csv`` are written atomically, so a crash or Ctrl-C leaves the last
     good checkpoint and the metrics so far. ``config.json`` holds
     ``run_config`` (default: the training config) beside them.
@@ -396,7 +473,8 @@ def fit(
     Args:
         model: a model/guide pair such as :class:`pplvae.VAE`, already built
             (seed torch with ``pyro.set_rng_seed(config.seed)`` before building
-            it for reproducible initial weights).
+            it for reproducible initial weights). A fresh run first calls its
+            ``init_from_data(x_mean)`` if it has one (:func:`init_from_data`).
         data: the data set, on any device (moved to the training device).
         config: :class:`TrainConfig`.
         run_dir: folder for the checkpoint, metrics and config; None keeps
@@ -415,7 +493,8 @@ def fit(
         ``test_elbo`` (nats per datapoint; higher is better), the objective's
         split terms per datapoint (``train_reconstruction``, ``train_kl``,
         ``train_mmd`` for the MMD objective, ``train_total``, and the same for
-        ``test``; see :meth:`Trainer.evaluate_terms`), ``beta`` and
+        ``test``; see :meth:`Trainer.evaluate_terms`), ``beta``, ``lr`` (the
+        learning rate of the epoch, from ``config.lr_schedule``) and
         ``seconds``. ``train_*`` are measured after the epoch on a fixed
         subset of the training set as large as the test set.
 
@@ -442,6 +521,7 @@ def fit(
         logger.info("resuming %s after epoch %d", run_dir, trainer.epoch)
     else:
         pyro.set_rng_seed(config.seed)
+        init_from_data(model, data)
     if run_config is None:
         run_config = default_run_config(model, data, config)
     if run_dir is not None:
@@ -451,9 +531,11 @@ def fit(
     with pyro.validation_enabled(config.validate):
         while trainer.epoch < config.epochs:
             start = time.perf_counter()
+            lr = trainer.optimizer.param_groups[0]["lr"]
             trainer.train_epoch(data, progress)
             trainer.epoch += 1
-            row = dict(epoch=trainer.epoch, **trainer.epoch_metrics(data), seconds=time.perf_counter() - start)
+            trainer.scheduler.step()
+            row = dict(epoch=trainer.epoch, **trainer.epoch_metrics(data), lr=lr, seconds=time.perf_counter() - start)
             trainer.history.append(row)
             logger.info("epoch %(epoch)d: train ELBO %(train_elbo).2f, test ELBO %(test_elbo).2f nats", row)
             if run_dir is not None:

@@ -19,7 +19,7 @@ import torch
 from pyro.nn import PyroModule
 from torch.nn import functional as F
 
-from pplvae.models.vae import VAEConfig, check_data
+from pplvae.models.vae import VAE, VAEConfig, check_data
 from pplvae.networks import DECODERS, GaussianEncoder, concat
 
 
@@ -108,6 +108,8 @@ class CVAE(PyroModule):
             raise ValueError(f"labels must lie in [0, {self.config.num_classes}), got "
                              f"[{int(labels.min())}, {int(labels.max())}].")
         return F.one_hot(labels.long(), self.config.num_classes).to(self.prior_loc.dtype)
+
+    init_from_data = VAE.init_from_data  # the decoder's output bias at logit(mean pixel)
 
     def batch_args(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
         """The arguments of ``model``/``guide`` for a minibatch: ``(x, one_hot(labels))``.

@@ -34,6 +34,10 @@ class HVAEConfig:
             p(z1 | z2) mirrors q(z2 | z1).
         activation: as for :class:`pplvae.VAEConfig` (``"tanh"`` in [1]).
         likelihood: ``"bernoulli"`` or ``"gaussian"``.
+        top_scale: parametrization of the scales of q(z2 | z1) and p(z1 | z2),
+            ``"exp"`` ([1]) or ``"softplus"`` (:class:`pplvae.networks.GaussianEncoder`).
+        top_scale_init: the scale q(z2 | z1) and p(z1 | z2) start at (None: torch's init).
+        top_skip: a linear skip connection in the means of q(z2 | z1) and p(z1 | z2).
     """
 
     x_dim: int
@@ -43,6 +47,9 @@ class HVAEConfig:
     top_hidden_dims: tuple[int, ...] = (100, 100)
     activation: str = "tanh"
     likelihood: str = "bernoulli"
+    top_scale: str = "exp"
+    top_scale_init: float | None = None
+    top_skip: bool = False
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -81,8 +88,9 @@ class HVAE(PyroModule):
         self.config = config
         hidden, top_hidden, act = config.hidden_dims, config.top_hidden_dims, config.activation
         self.encoder_z1 = GaussianEncoder(config.x_dim, config.z1_dim, hidden, act)  # q(z1 | x)
-        self.encoder_z2 = GaussianEncoder(config.z1_dim, config.z_dim, top_hidden, act)  # q(z2 | z1)
-        self.prior_z1 = GaussianEncoder(config.z_dim, config.z1_dim, top_hidden[::-1], act)  # p(z1 | z2)
+        top = dict(scale=config.top_scale, scale_init=config.top_scale_init, skip=config.top_skip)
+        self.encoder_z2 = GaussianEncoder(config.z1_dim, config.z_dim, top_hidden, act, **top)  # q(z2 | z1)
+        self.prior_z1 = GaussianEncoder(config.z_dim, config.z1_dim, top_hidden[::-1], act, **top)  # p(z1 | z2)
         self.decoder = DECODERS[config.likelihood](config.z1_dim, config.x_dim, hidden[::-1], act)  # p(x | z1)
         self.register_buffer("prior_loc", torch.zeros(config.z_dim))
         self.register_buffer("prior_scale", torch.ones(config.z_dim))
@@ -103,6 +111,7 @@ class HVAE(PyroModule):
     # Helpers for pictures and evaluation; the math is all above.
 
     batch_args = VAE.batch_args  # (x,): the labels are not used
+    init_from_data = VAE.init_from_data  # the decoder's output bias at logit(mean pixel)
     reconstruct = VAE.reconstruct  # decode(E_q[z1 | x])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

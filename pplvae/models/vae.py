@@ -110,6 +110,17 @@ class VAE(PyroModule):
         z = dist.Normal(self.prior_loc, self.prior_scale).sample((num_samples,))
         return self.decode(z)
 
+    def init_from_data(self, x_mean: torch.Tensor) -> None:
+        """Start from the data: a Bernoulli decoder's output bias at logit(x_mean) (clamped).
+
+        :func:`pplvae.fit` calls this once at the start of a fresh run (not on
+        resume) with ``x_mean`` = the mean training datapoint, (x_dim,); see
+        :meth:`pplvae.networks.BernoulliDecoder.init_output_bias`. A Gaussian
+        decoder is left as it is. Your own model may define the same method.
+        """
+        if hasattr(self.decoder, "init_output_bias"):
+            self.decoder.init_output_bias(x_mean)
+
     def reconstruct(self, x: torch.Tensor, *args) -> torch.Tensor:
         """Mean of p(x | z = E_q[z|x]): (N, x_dim)."""
         return self.decode(self.encode(x)[0])
