@@ -15,9 +15,14 @@
 
 The schedule is arguments. ``--schedule burda`` is Burda et al.'s: stage i =
 0, 1, ... runs 3^i epochs at learning rate 1e-3 * 10^(-i/7); ``--stages 8`` is
-their full 3280 epochs. ``--schedule constant`` runs ``--epochs`` at ``--lr``.
-Adam keeps pplvae's trainer settings (betas 0.9, 0.999; eps 1e-8; Burda et
-al. used eps 1e-4).
+their full 3280 epochs (:func:`pplvae.schedules.burda_factor`).
+``--schedule constant`` runs ``--epochs`` at ``--lr``. Both contenders use
+pplvae's default training settings, which are Burda et al.'s: Adam betas
+(0.9, 0.999), eps ``--adam-eps`` (1e-4), and the decoder's output bias
+started at the logit of the mean training pixel (clamped to [1e-3, 1 - 1e-3]),
+set by pplvae's ``init_from_data`` and, independently, by the hand-written
+:meth:`benchmarks.torch_vae.TorchVAE.init_output_bias`; the two must agree
+exactly. ``--no-data-init`` leaves the bias at torch's default init.
 
 Usage (from the repository root)::
 
@@ -49,6 +54,7 @@ import pplvae
 from benchmarks.report import machine, markdown_machine, markdown_table
 from benchmarks.torch_vae import load_into, make_step, torch_vae_like
 from pplvae import ImageData, TrainConfig, Trainer, VAE, VAEConfig, load_dataset
+from pplvae.schedules import burda_factor, burda_epochs
 from pplvae.training import resolve_device
 
 #: Burda et al. (2016), Table 1, MNIST: test NLL (nats), K = 5000, 3280 epochs at batch 20.
@@ -64,7 +70,7 @@ BURDA_BUDGET = "3280 epochs, batch 20, lr 1e-3 * 10^(-i/7) for 3^i epochs (i < 8
 def schedule(args) -> list[tuple[int, float]]:
     """(epochs, learning rate) of each stage."""
     if args.schedule == "burda":
-        return [(3**i, args.lr * 10 ** (-i / 7)) for i in range(args.stages)]
+        return [(3**i, args.lr * burda_factor(burda_epochs(i))) for i in range(args.stages)]
     return [(args.epochs, args.lr)]
 
 
@@ -93,7 +99,7 @@ def train(step, set_lr, data: ImageData, stages, batch_size: int, seed: int, cur
 def train_pplvae(vae: VAE, data: ImageData, stages, args, curve: list, label: str) -> tuple[Trainer, float]:
     """pplvae's trainer (``Trainer.step``, default objective and Adam), validation as ``fit`` sets it."""
     trainer = Trainer(vae, TrainConfig(batch_size=args.batch_size, learning_rate=stages[0][1],
-                                       seed=args.seed, device=args.device))
+                                       adam_eps=args.adam_eps, seed=args.seed, device=args.device))
 
     def set_lr(learning_rate):
         for group in trainer.optimizer.param_groups:
@@ -140,15 +146,24 @@ def mnist_rows(args, curve: list) -> tuple[list[dict], dict | None]:
     pyro.set_rng_seed(args.seed)
     vae = VAE(VAEConfig(x_dim=data.x_dim, z_dim=50, hidden_dims=(200, 200), activation="tanh"))
     twin = torch_vae_like(vae)  # the same initial weights, before any training
+    if not args.no_data_init:
+        x_mean = data.x_train.mean(0)
+        vae.init_from_data(x_mean)  # pplvae's hook, as fit calls it
+        twin.init_output_bias(x_mean)  # the hand-written version
+        if not torch.allclose(vae.decoder.logits.bias, twin.decoder.logits.bias, rtol=0, atol=1e-5):
+            raise AssertionError("pplvae's and the hand-written output-bias initializations differ")
+        twin.decoder.logits.bias.data.copy_(vae.decoder.logits.bias)  # equal to the last bit: a paired run
     trainer, seconds = train_pplvae(vae, data, stages, args, curve, "pplvae")
-    common = dict(dataset="mnist", net="784-200-200-50 tanh, Bernoulli", budget=budget,
+    settings = f"Adam eps {args.adam_eps:g}" + ("" if args.no_data_init else ", output bias logit(mean pixel)")
+    common = dict(dataset="mnist", net="784-200-200-50 tanh, Bernoulli", budget=budget, settings=settings,
                   K=args.num_samples, test_images=data.x_test.shape[0])
     rows = [dict(model="pplvae", **common, wall_s=seconds, **evaluate(vae, data, args))]
     if args.no_agreement:
         return rows, None
 
     twin = twin.to(trainer.device)
-    optimizer = torch.optim.Adam(twin.parameters(), lr=stages[0][1], fused=trainer.optimizer.defaults.get("fused"))
+    optimizer = torch.optim.Adam(twin.parameters(), lr=stages[0][1], eps=args.adam_eps,
+                                 fused=trainer.optimizer.defaults.get("fused"))
     seconds = train_torch(twin, optimizer, data, stages, args, curve)
     scored = VAE(vae.config).to(trainer.device)
     load_into(scored, twin)
@@ -205,7 +220,7 @@ def report(rows: list[dict], agreement: dict | None, args, info: dict) -> str:
     parts = [f"# Accuracy\n\n{markdown_machine(info)}\n"]
     mnist = frame[frame.dataset == "mnist"]
     if len(mnist):
-        columns = [c for c in ("model", "budget", "wall_s", "K", "test_images", "test ELBO",
+        columns = [c for c in ("model", "budget", "settings", "wall_s", "K", "test_images", "test ELBO",
                                "test log p(x)", "stderr") if c in mnist]
         parts.append("## MNIST: pplvae and hand-written PyTorch, same weights, data order and noise\n\n"
                      + markdown_table(mnist[columns]))
@@ -242,6 +257,9 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--epochs", type=int, default=10, help="constant: epochs")
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3, help="the (first) learning rate")
+    parser.add_argument("--adam-eps", type=float, default=TrainConfig.adam_eps, help="Adam's eps, both contenders")
+    parser.add_argument("--no-data-init", action="store_true",
+                        help="leave the decoder's output bias at torch's init (both contenders)")
     parser.add_argument("--num-samples", type=int, default=5000, help="K of the log p(x) estimate; 0: ELBO only")
     parser.add_argument("--train-size", type=int, help="use only the first N training images")
     parser.add_argument("--test-size", type=int, help="use only the first N test images (default: all 10000)")

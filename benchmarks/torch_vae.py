@@ -74,6 +74,13 @@ class TorchVAE(nn.Module):
         self.encoder = Encoder(x_dim, z_dim, hidden_dims, activation)
         self.decoder = Decoder(z_dim, x_dim, tuple(hidden_dims)[::-1], activation)
 
+    @torch.no_grad()
+    def init_output_bias(self, x_mean: torch.Tensor, clamp: float = 1e-3) -> None:
+        """Burda et al.'s start: the decoder's output bias at logit(mean training pixel), the mean
+        clamped to [clamp, 1 - clamp]; ``x_mean`` is (x_dim,)."""
+        p = x_mean.clamp(clamp, 1 - clamp)
+        self.decoder.logits.bias.copy_(torch.log(p) - torch.log1p(-p))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z_loc, z_scale = self.encoder(x)  # (N, z_dim) each
         eps = torch.randn_like(z_loc)
