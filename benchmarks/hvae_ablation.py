@@ -5,7 +5,8 @@ settings (pplvae's defaults unless the variant changes them), then reports on
 the test subset: the test ELBO (nats per image, one draw), the KL of each
 stochastic layer (E_q[log q(z1|x) - log p(z1|z2)] and E_q[log q(z2|z1) -
 log p(z2)], nats per image, from 10 draws), the active units of z1 and z2
-(Burda et al. 2016's A_u = Var_x E_q[u | x] > 0.01) and, with
+(Burda et al. 2016's A_u = Var_x E_q[u | x] > 0.01; E_q[z2 | x] averaged over
+100 draws of z1, since with few draws the noise of z1 adds to the variance over x) and, with
 ``--num-samples``, log p̂(x) by importance sampling. The one-layer VAE with the
 same settings is the yardstick.
 
@@ -41,6 +42,10 @@ VARIANTS = {
     "vae": ("vae", {}, {}, "one stochastic layer, the yardstick"),
     "hvae": ("hvae", {}, {}, "two layers as in [1]: exp scales, torch's init"),
     "hvae-eps1e-8": ("hvae", {}, {"adam_eps": 1e-8}, "Adam eps 1e-8 (torch's default)"),
+    "hvae-old-defaults": ("hvae", {"data_init": False}, {"adam_eps": 1e-8},
+                          "eps 1e-8 and torch's output bias: pplvae's settings before this change"),
+    "vae-old-defaults": ("vae", {"data_init": False}, {"adam_eps": 1e-8}, "the yardstick with the old settings"),
+    "hvae-no-data-init": ("hvae", {"data_init": False}, {}, "torch's init of the output bias (pixels start at 1/2)"),
     "hvae-warmup": ("hvae", {}, {"kl_warmup": "half"}, "KL warm-up over half the epochs [2]"),
     "hvae-softplus": ("hvae", {"top_scale": "softplus"}, {}, "softplus scales in the top layer"),
     "hvae-scale0.1": ("hvae", {"top_scale_init": 0.1}, {}, "top scales start at 0.1"),
@@ -67,20 +72,34 @@ def run_variant(name: str, data, args) -> dict:
     train = {k: (args.epochs / 2 if v == "half" else v) for k, v in train_overrides.items()}
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device="cpu", **train)
     pyro.set_rng_seed(config.seed)
+    model_overrides = dict(model_overrides)
+    data_init = model_overrides.pop("data_init", True)
     if kind == "vae":
-        model = VAE(VAEConfig(x_dim=data.x_dim))
+        model = VAE(VAEConfig(x_dim=data.x_dim, **model_overrides))
     else:
         model = HVAE(HVAEConfig(x_dim=data.x_dim, **model_overrides))
+    if not data_init:
+        model.init_from_data = lambda x_mean: None  # fit then leaves torch's init of the output bias
+    trajectory = []
+
+    def track(row):  # the top layer's active units after every epoch: does it collapse, and when?
+        units = active_units(model.guide, data.x_test, num_samples=10)
+        trajectory.append(str(units.get("z2", units.get("z"))))
+        model.train()
+
     start = time.perf_counter()
-    metrics = fit(model, data, config)
+    metrics = fit(model, data, config, on_epoch=track if args.track else None)
     seconds = time.perf_counter() - start
     model.eval()
     pyro.set_rng_seed(args.seed + 1)
-    units = active_units(model.guide, data.x_test)
+    # E_q[z2 | x] averages over draws of z1: few draws leave z1's noise in the variance over x
+    units = active_units(model.guide, data.x_test, num_samples=100)
     kls = layer_kls(model, data.x_test)
     row = dict(variant=name, change=what, test_elbo=metrics["test_elbo"].iloc[-1],
                kl_z1=kls.get("z1", kls.get("z")), kl_z2=kls.get("z2"),
                active_z1=units.get("z1", units.get("z")), active_z2=units.get("z2"), train_s=seconds)
+    if args.track:
+        row["top_active_by_epoch"] = " ".join(trajectory)
     if args.num_samples:
         pyro.set_rng_seed(args.seed + 2)
         estimate = pplvae.log_marginal_likelihood(model.model, model.guide, data.x_test, num_samples=args.num_samples)
@@ -96,6 +115,7 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--train-size", type=int, default=10000)
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--num-samples", type=int, default=0, help="K of a log p(x) estimate; 0: none")
+    parser.add_argument("--track", action="store_true", help="count the top layer's active units every epoch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
