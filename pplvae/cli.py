@@ -1,4 +1,4 @@
-"""The ``pplvae`` command: train, sample, reconstruct, evaluate, quadrants. Thin: it parses flags and calls the library."""
+"""The ``pplvae`` command: train, sample, reconstruct, evaluate. Thin: it parses flags and calls the library."""
 
 from __future__ import annotations
 
@@ -94,21 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_data_flags(evaluate)
 
-    quadrants = commands.add_parser(
-        "quadrants", help="Sohn et al.'s MNIST quadrant task: baseline vs. CVAE, table and pictures")
-    quadrants.add_argument("--observed", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
-                           help="numbers of observed quadrants")
-    quadrants.add_argument("--epochs", type=int, default=5, help="CVAE epochs (Pyro's tutorial: up to 50)")
-    quadrants.add_argument("--baseline-epochs", type=int, help="default: --epochs")
-    quadrants.add_argument("--num-samples", type=int, default=100, help="importance samples per test image")
-    quadrants.add_argument("--batch-size", type=int, default=128)
-    quadrants.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    quadrants.add_argument("--seed", type=int, default=0)
-    quadrants.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    quadrants.add_argument("--train-size", type=int, help="use only the first N training images")
-    quadrants.add_argument("--test-size", type=int, help="use only the first N test images")
-    quadrants.add_argument("--out", type=Path, default=Path("runs/quadrants"), help="folder for runs, CSV, pictures")
-    _add_data_flags(quadrants)
     return parser
 
 
@@ -190,26 +175,7 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"written to {args.run / EVALUATION}")
 
 
-def quadrants(args: argparse.Namespace) -> None:
-    from pplvae.quadrant_experiment import run_quadrant_experiment
-
-    data = load_dataset("mnist", args.data_dir, args.download, binarized=True,
-                        train_size=args.train_size, test_size=args.test_size)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                         seed=args.seed, device=args.device)
-
-    def report(row):
-        print(f"{row['observed_quadrants']} quadrant(s)  {row['model']:17s} epoch {row['epoch']:3d}  "
-              f"test ELBO {row['test_elbo']:8.2f} nats/image  ({row['seconds']:.1f} s)", flush=True)
-
-    table = run_quadrant_experiment(data, args.out, tuple(args.observed), config, args.baseline_epochs,
-                                    args.num_samples, on_epoch=report)
-    print(table.to_string(index=False, float_format="%.2f"))
-    print(f"table: {args.out / 'quadrants.csv'}; pictures: {args.out}/quadrants_q*.png")
-
-
-COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate,
-            "quadrants": quadrants}
+COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
