@@ -37,7 +37,7 @@ import pandas as pd
 import pyro
 import torch
 
-from pplvae.checkpoint import save_csv
+from pplvae.runs import save_csv
 from pplvae.data import ImageData
 from pplvae.marginal import log_marginal_likelihood
 from pplvae.models import QuadrantBaseline, QuadrantConfig, QuadrantCVAE, model_config
