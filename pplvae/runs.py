@@ -274,8 +274,8 @@ FIXED_ON_RESUME = ("model", "data")  # sections of the config that a resumed run
 FIXED_TRAIN_KEYS = ("seed",)
 
 
-def read_run_config(run_dir: str | os.PathLike) -> dict:
-    """The config of the run in ``run_dir``, as saved in its checkpoint.
+def read_run_config(run_dir: str | os.PathLike) -> tuple[dict, int]:
+    """The config of the run in ``run_dir`` as saved in its checkpoint, and the epochs it has trained.
 
     Raises:
         FileNotFoundError, CheckpointError: as :func:`load_checkpoint`.
@@ -283,12 +283,12 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
             (an edit would otherwise be lost silently); the message names the keys.
     """
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT, keys=("config",))
+    state = load_checkpoint(run_dir / CHECKPOINT, keys=("config", "epoch"))
     config = state["config"]
     try:
         on_disk = json.loads((run_dir / CONFIG).read_text())
     except FileNotFoundError:
-        return config
+        return config, state["epoch"]
     except ValueError as error:
         raise ValueError(f"{run_dir / CONFIG} is not valid JSON ({error}); restore it or delete it "
                          f"(the checkpoint holds the config).") from error
@@ -298,7 +298,7 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
             f"{run_dir / CONFIG} differs from the config in the checkpoint ({describe_changes(diff)}); edits to "
             f"config.json are not applied: restore it (or delete it) and pass changes as flags with --resume."
         )
-    return config
+    return config, state["epoch"]
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple]:
