@@ -20,7 +20,9 @@ import logging
 import os
 import pickle
 import random
+import re
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,15 +143,21 @@ def load_checkpoint(
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}; train first with `pplvae train --out {path.parent}`.")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols of garbage files
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Weights only" in str(error):
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe:
             raise CheckpointError(
-                f"{path} holds Python objects other than tensors and plain types; it was not loaded, "
-                f"since unpickling them could run code. Use only checkpoints written by pplvae."
+                f"{path} holds Python objects other than tensors and plain types ({unsafe.group(1)}); it was "
+                f"not loaded, since unpickling them could run code. Use only checkpoints written by pplvae."
             ) from error
-        raise CheckpointError(f"{path} is not a pplvae checkpoint ({_first_line(error)}).") from error
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint: damaged or not written by torch.save "
+                              f"(the weights-only unpickler stopped at an unknown instruction).") from error
+    except PermissionError:
+        raise
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError, OSError) as error:
         raise CheckpointError(
             f"{path} is not a readable checkpoint: empty, truncated or not written by torch.save "
             f"({_first_line(error)})."
