@@ -306,7 +306,7 @@ def default_memory_budget(device: torch.device | str) -> int:
 def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, validate) -> tuple[int, torch.device]:
     """Check the estimator's arguments and all of the data; return N and the data's device."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
+        raise ValueError(f"num_samples must be at least 1 and an integer, got {num_samples!r}.")
     if max_memory_bytes is not None and not max_memory_bytes >= 1:
         raise ValueError(f"max_memory_bytes must be a positive number of bytes, got {max_memory_bytes!r}.")
     num_data, device = _num_data(args, kwargs)

@@ -432,8 +432,8 @@ def test_shape_messages_report_the_callers_shape(vae):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"num_samples": 2.5}, "num_samples must be an integer >= 1, got 2.5"),
-    ({"num_samples": 0}, "num_samples must be an integer >= 1"),
+    ({"num_samples": 2.5}, "num_samples must be at least 1 and an integer, got 2.5"),
+    ({"num_samples": 0}, "num_samples must be at least 1"),
     ({"num_samples": 3, "max_memory_bytes": 0}, "max_memory_bytes must be a positive"),
     ({"num_samples": 3, "rows": 0}, "0 rows"),
 ])
