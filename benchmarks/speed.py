@@ -5,7 +5,9 @@ once, held in memory) for every contender:
 
 1. ``pplvae``: :class:`pplvae.Trainer` with its default settings
    (``Trainer.step`` under ``pyro.validation_enabled(config.validate)``, as
-   :func:`pplvae.fit` runs it);
+   :func:`pplvae.fit` runs it); ``pplvae compiled`` is the same with
+   ``TrainConfig(compile=True)`` (its one-off compile time falls in the
+   warm-up and is printed apart; ``--no-compile`` leaves it out);
 2. ``torch``: :class:`benchmarks.torch_vae.TorchVAE`, the floor, with the
    Adam options pplvae's trainer uses (fused on CPU and CUDA), so that the
    ratio measures the probabilistic-programming layer alone;
@@ -42,6 +44,7 @@ import cProfile
 import io
 import pstats
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -62,17 +65,21 @@ NETS = {
 }
 NET_KEYS = {"burda": "burda 784-200-200-50 tanh", "pyro-example": "pyro example 784-400-50 softplus"}
 FLOOR = "torch"
-CONTENDERS = ("pplvae", "torch", "torch, Adam defaults", "pyro recipe")
+CONTENDERS = ("pplvae", "pplvae compiled", "torch", "torch, Adam defaults", "pyro recipe")
 
 
-def build_steps(x_dim: int, net: dict, batch_size: int, learning_rate: float, device: torch.device) -> dict:
+def build_steps(x_dim: int, net: dict, batch_size: int, learning_rate: float, device: torch.device,
+                compile: bool = True) -> dict:
     """Per contender ``(step, context)``: ``step(x)`` takes one SVI step, run inside ``context()``.
 
     All contenders start from the same initial weights.
     """
     pplvae_vae = VAE(VAEConfig(x_dim=x_dim, **net))
-    trainer = Trainer(pplvae_vae, TrainConfig(batch_size=batch_size, learning_rate=learning_rate,
-                                              device=str(device)))
+    config = TrainConfig(batch_size=batch_size, learning_rate=learning_rate, device=str(device))
+    trainer = Trainer(pplvae_vae, config)
+    compiled_vae = VAE(pplvae_vae.config)
+    compiled_vae.load_state_dict(pplvae_vae.state_dict())
+    compiled = Trainer(compiled_vae, TrainConfig(**{**asdict(config), "compile": True}))
     def torch_step_with(adam_options):
         twin = torch_vae_like(pplvae_vae)
         return make_step(twin, torch.optim.Adam(twin.parameters(), lr=learning_rate, **adam_options))
@@ -84,9 +91,15 @@ def build_steps(x_dim: int, net: dict, batch_size: int, learning_rate: float, de
     return {
         # As pplvae.fit runs it: validation set once around the loop, not per step.
         "pplvae": (trainer.step, lambda: pyro.validation_enabled(trainer.config.validate)),
+        "pplvae compiled": (compiled.step, lambda: pyro.validation_enabled(compiled.config.validate)),
         "torch": (torch_step_with({"fused": fused}), contextlib.nullcontext),
         "torch, Adam defaults": (torch_step_with({}), contextlib.nullcontext),
         "pyro recipe": (svi.step, contextlib.nullcontext),  # Pyro's default validation
+    } if compile else {
+        "pplvae": (trainer.step, lambda: pyro.validation_enabled(trainer.config.validate)),
+        "torch": (torch_step_with({"fused": fused}), contextlib.nullcontext),
+        "torch, Adam defaults": (torch_step_with({}), contextlib.nullcontext),
+        "pyro recipe": (svi.step, contextlib.nullcontext),
     }
 
 
@@ -121,9 +134,12 @@ def measure(x_train: torch.Tensor, net_name: str, batch_size: int, args, device:
     warmup = draw_batches(x_train, args.warmup, batch_size, generator)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    steps = build_steps(x_train.shape[1], NETS[net_name], batch_size, args.lr, device)
-    for step in steps.values():
+    steps = build_steps(x_train.shape[1], NETS[net_name], batch_size, args.lr, device, not args.no_compile)
+    for name, step in steps.items():
+        start = time.perf_counter()
         time_block(step, warmup, device)
+        if name == "pplvae compiled":
+            print(f"{net_name}, batch {batch_size}: compiled in {time.perf_counter() - start:.1f} s", flush=True)
     floor_ms, _ = time_block(steps[FLOOR], warmup, device)
     count = args.steps or max(5, round(args.block_seconds * 1e3 / floor_ms))
     batches = draw_batches(x_train, count, batch_size, generator)
@@ -157,8 +173,10 @@ def table(summary: pd.DataFrame) -> pd.DataFrame:
     for (net, batch), row in wide.iterrows():
         rows.append({
             "net": net, "batch": batch,
-            **{f"{c} ms": row[("wall_ms", c)] for c in CONTENDERS},
+            **{f"{c} ms": row[("wall_ms", c)] for c in CONTENDERS if ("wall_ms", c) in row},
             "pplvae / torch": row[("ratio", "pplvae")],
+            **({"pplvae compiled / torch": row[("ratio", "pplvae compiled")]}
+               if ("ratio", "pplvae compiled") in row else {}),
             "pyro recipe / torch": row[("ratio", "pyro recipe")],
             "pplvae / torch (CPU time)": row[("cpu_ratio", "pplvae")],
         })
@@ -176,7 +194,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     for ax, net in zip(axes[0], nets):
         part = summary[(summary.net == net) & (summary.contender != FLOOR)]
         batches = list(dict.fromkeys(part.batch_size))
-        contenders = [c for c in CONTENDERS if c != FLOOR]
+        contenders = [c for c in CONTENDERS if c != FLOOR and c in set(part.contender)]
         width = 0.8 / len(contenders)
         for k, name in enumerate(contenders):
             ratios = [part[(part.batch_size == b) & (part.contender == name)].ratio.iloc[0] for b in batches]
@@ -234,6 +252,7 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     parser.add_argument("--train-size", type=int, help="use only the first N training images")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the compiled pplvae step")
     parser.add_argument("--profile", action="store_true",
                         help="also profile pplvae's and the floor's steps at batch 128 (profile.txt)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -12,7 +12,7 @@ import pyro
 pyro.settings.set(module_local_params=True)
 
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
-from pplvae.distributions import IndependentBernoulli, LinearBernoulli, Normal  # noqa: E402
+from pplvae.fast_log_prob import FastLogProbMessenger  # noqa: E402
 from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
 from pplvae.models import CVAE, HVAE, MODELS, VAE, CVAEConfig, HVAEConfig, VAEConfig, build_model  # noqa: E402
 from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
@@ -27,18 +27,16 @@ __all__ = [
     "CVAEConfig",
     "CheckpointError",
     "DataNotFoundError",
+    "FastLogProbMessenger",
     "FastTrace_ELBO",
     "HVAE",
     "HVAEConfig",
     "ImageData",
-    "IndependentBernoulli",
-    "LinearBernoulli",
     "MODELS",
     "MarginalLikelihood",
     "OBJECTIVES",
     "NegativeELBO",
     "NonFiniteLossError",
-    "Normal",
     "Run",
     "RunLockedError",
     "TrainConfig",

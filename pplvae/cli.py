@@ -1,4 +1,4 @@
-"""The ``pplvae`` command: train, sample, reconstruct, evaluate, quadrants. Thin: it parses flags and calls the library."""
+"""The ``pplvae`` command: train, sample, reconstruct, evaluate. Thin: it parses flags and calls the library."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pplvae.objectives import KERNELS, OBJECTIVES
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
 from pplvae.runs import (CHECKPOINT, RunError, describe_changes, load_checkpoint, load_run, read_run_config,
                          resume_changes, run_lock)
-from pplvae.training import NonFiniteLossError, TrainConfig, fit
+from pplvae.training import COMPILE_MODES, NonFiniteLossError, TrainConfig, fit
 
 DEFAULT_LIKELIHOOD = {"mnist": "bernoulli", "freyface": "gaussian"}
 # Faults on the user's side: one line on stderr and a non-zero exit, no traceback (--debug shows it).
@@ -36,6 +36,7 @@ RESUME_FLAGS = {
     "seed": ("train", "seed"), "objective": ("train", "objective"), "beta": ("train", "beta"),
     "kl_warmup": ("train", "kl_warmup"), "num_particles": ("train", "num_particles"),
     "mmd_weight": ("train", "mmd_weight"), "kernel": ("train", "kernel"), "device": ("train", "device"),
+    "compile": ("train", "compile"), "compile_mode": ("train", "compile_mode"),
 }
 
 
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-datapoint weight of MMD^2 for --objective mmd")
     train.add_argument("--kernel", choices=KERNELS, default="gaussian", help="MMD kernel for --objective mmd")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--compile", action="store_true",
+                       help="record the loss once and compile it with torch.compile (compile time once, "
+                            "10 to 30 s on a CPU; not with --kl-warmup)")
+    train.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                       help="torch.compile mode; reduce-overhead uses CUDA graphs (small batches on a GPU)")
     train.add_argument("--train-size", type=_positive_int, help="use only the first N training images")
     train.add_argument("--test-size", type=_positive_int, help="use only the first N test images")
     train.add_argument("--out", type=_path, help="run folder (default: runs/DATASET-MODEL)")
@@ -132,21 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_data_flags(evaluate)
 
-    quadrants = commands.add_parser(
-        "quadrants", help="Sohn et al.'s MNIST quadrant task: baseline vs. CVAE, table and pictures")
-    quadrants.add_argument("--observed", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
-                           help="numbers of observed quadrants")
-    quadrants.add_argument("--epochs", type=int, default=5, help="CVAE epochs (Pyro's tutorial: up to 50)")
-    quadrants.add_argument("--baseline-epochs", type=int, help="default: --epochs")
-    quadrants.add_argument("--num-samples", type=int, default=100, help="importance samples per test image")
-    quadrants.add_argument("--batch-size", type=int, default=128)
-    quadrants.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    quadrants.add_argument("--seed", type=int, default=0)
-    quadrants.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    quadrants.add_argument("--train-size", type=int, help="use only the first N training images")
-    quadrants.add_argument("--test-size", type=int, help="use only the first N test images")
-    quadrants.add_argument("--out", type=_path, default=Path("runs/quadrants"), help="folder for runs, CSV, pictures")
-    _add_data_flags(quadrants)
     parser.set_defaults(given=set())  # train's flags given on the command line, filled in by main
     parser.train_parser = train
     return parser
@@ -178,7 +169,8 @@ def _new_run_config(args: argparse.Namespace) -> dict:
     train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                seed=args.seed, device=args.device, objective=args.objective,
                                beta=args.beta, kl_warmup=args.kl_warmup, num_particles=args.num_particles,
-                               mmd_weight=args.mmd_weight, kernel=args.kernel)
+                               mmd_weight=args.mmd_weight, kernel=args.kernel, compile=args.compile,
+                               compile_mode=args.compile_mode)
     return {
         "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
                   "activation": args.activation, "likelihood": likelihood},
@@ -198,6 +190,9 @@ def _train(args: argparse.Namespace, run_dir: Path, run_config: dict) -> None:
     run_config["model"] = model_config(model)
 
     def report(row):
+        if "compile_seconds" in row:
+            print(f"recorded and compiled the loss in {row['compile_seconds']:.1f} s (in epoch "
+                  f"{row['epoch']}'s time)", flush=True)
         print(f"epoch {row['epoch']:3d}/{config.epochs}  train ELBO {row['train_elbo']:9.2f}  "
               f"test ELBO {row['test_elbo']:9.2f} nats/datapoint  ({row['seconds']:.1f} s)", flush=True)
 
@@ -268,26 +263,7 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"written to {args.run / EVALUATION}")
 
 
-def quadrants(args: argparse.Namespace) -> None:
-    from pplvae.quadrant_experiment import run_quadrant_experiment
-
-    data = load_dataset("mnist", args.data_dir, args.download, binarized=True,
-                        train_size=args.train_size, test_size=args.test_size)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                         seed=args.seed, device=args.device)
-
-    def report(row):
-        print(f"{row['observed_quadrants']} quadrant(s)  {row['model']:17s} epoch {row['epoch']:3d}  "
-              f"test ELBO {row['test_elbo']:8.2f} nats/image  ({row['seconds']:.1f} s)", flush=True)
-
-    table = run_quadrant_experiment(data, args.out, tuple(args.observed), config, args.baseline_epochs,
-                                    args.num_samples, on_epoch=report)
-    print(table.to_string(index=False, float_format="%.2f"))
-    print(f"table: {args.out / 'quadrants.csv'}; pictures: {args.out}/quadrants_q*.png")
-
-
-COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate,
-            "quadrants": quadrants}
+COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate}
 
 
 def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:

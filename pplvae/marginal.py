@@ -16,6 +16,9 @@ against it, and every site's log-density is summed over everything but the
 particle and data dims, which gives one log-weight per sample per datapoint.
 Pyro's ``Importance`` and ``vectorized_importance_weights`` sum over the data
 plate, i.e. weight whole batches; that is a different (much worse) estimator.
+The sites are scored under :class:`~pplvae.fast_log_prob.FastLogProbMessenger`,
+which gives the Bernoulli and expanded Normal sites of plain Pyro models the
+same log-densities by cheaper exact arithmetic; the model code is unchanged.
 
 References
     [1] Y. Burda, R. Grosse, R. Salakhutdinov (2016), "Importance Weighted
@@ -41,23 +44,17 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pplvae.fast_log_prob import FastLogProbMessenger
+
 __all__ = ["MarginalLikelihood", "default_memory_budget", "log_marginal_likelihood"]
 
 CPU_MEMORY_BYTES_PER_THREAD = 128 * 2**20
 """Default budget for one chunk on a CPU, per torch thread: 128 MiB (256 MiB on two threads).
 
 Large enough that the fixed cost of one call of model and guide (Pyro's
-tracing, the guide's encoder: about 1.3 ms on two threads) is small beside a
-chunk's arithmetic: on two threads it gives Burda et al.'s 784-200-200-50 VAE
-chunks of K = 5000 samples of three images, 2 to 10% faster than one image
-(a budget of 128 MiB on two threads), which in turn was 12% faster than 2500
-samples (64 MiB on two threads); seven images per chunk (512 MiB) were no
-faster, within the noise of the 2-core VM (docs/marginal_likelihood.md,
-Memory). The estimate of a chunk's memory counts every site's tensors; a
-decoder returning a :class:`~pplvae.distributions.LinearBernoulli` builds
-neither its logits nor (with a ``body``) its hidden layers for the whole
-chunk, so the real footprint is smaller. More threads finish a chunk
-sooner, so they get larger chunks.
+tracing, the guide's encoder) is small beside a chunk's arithmetic: Burda et
+al.'s 784-200-200-50 VAE gets chunks of K = 5000 samples of a few images.
+More threads finish a chunk sooner, so they get larger chunks.
 """
 CUDA_MEMORY_BYTES = 4 * 2**30
 """Default budget for one chunk on a GPU: 4 GiB, or a quarter of the free GPU memory if less."""
@@ -184,7 +181,9 @@ def log_marginal_likelihood(
     a different chunking draws different (equally distributed) samples.
 
     Runs under ``torch.no_grad()`` and ``poutine.block()`` on whatever device the
-    model and the arguments live on.
+    model and the arguments live on, with the sites scored by
+    :class:`~pplvae.fast_log_prob.FastLogProbMessenger` (the same nats as their
+    own ``log_prob``, to float rounding).
 
     Args:
         model: the model program p(x, z); takes ``*args, **kwargs``.
@@ -200,7 +199,7 @@ def log_marginal_likelihood(
             NaN warnings, argument and support checks) on in every chunk. By
             default they run, as set globally, on the probe run over the first
             4 datapoints only, and are off in the chunks, as in training
-            (:class:`pplvae.TrainConfig`'s ``validate``); about 3% faster with K = 5000.
+            (:class:`pplvae.TrainConfig`'s ``validate``).
 
     Returns:
         :class:`MarginalLikelihood` with tensors of shape (N,), float64, nats
@@ -246,7 +245,7 @@ def log_marginal_likelihood(
         tail_size = _tail_size(num_samples) + 1  # the M largest and the cutoff below them
         out = None  # per-datapoint results, filled chunk by chunk
         checks = contextlib.nullcontext() if validate else pyro.validation_enabled(False)
-        with checks:
+        with checks, FastLogProbMessenger():
             for start in range(0, num_data, n_chunk):
                 stop = min(start + n_chunk, num_data)
                 chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)

@@ -14,7 +14,7 @@ import torch
 
 from pplvae import CVAE, HVAE, VAE, CVAEConfig, HVAEConfig, TrainConfig, VAEConfig, fit, load_dataset, load_run
 from pplvae import log_marginal_likelihood
-from pplvae.distributions import bernoulli_log_prob
+from pplvae.fast_log_prob import bernoulli_log_prob
 from pplvae.evaluation import evaluate_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (checked on the device machine)")

@@ -19,7 +19,6 @@ import torch
 from pyro.nn import PyroModule
 from torch.nn import functional as F
 
-from pplvae.distributions import Normal
 from pplvae.models.vae import VAEConfig, check_data
 from pplvae.networks import DECODERS, GaussianEncoder, concat
 
@@ -80,14 +79,14 @@ class CVAE(PyroModule):
     def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self._check(x, y, "CVAE.model")
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", Normal(self.prior_loc, self.prior_scale).to_event(1))
+            z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
             pyro.sample("x", self.decoder(concat([z, y])), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self._check(x, y, "CVAE.guide")
         with pyro.plate("data", x.shape[0]):
             z_loc, z_scale = self.encoder(concat([x, y]))
-            pyro.sample("z", Normal(z_loc, z_scale).to_event(1))
+            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
 
     # Helpers for pictures and evaluation; the math is all above.
 

@@ -16,7 +16,6 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pplvae.distributions import Normal
 from pplvae.models.vae import VAE, check_data
 from pplvae.networks import DECODERS, GaussianEncoder
 
@@ -91,15 +90,15 @@ class HVAE(PyroModule):
     def model(self, x: torch.Tensor) -> None:
         check_data(x, self.config.x_dim, "HVAE.model")
         with pyro.plate("data", x.shape[0]):
-            z2 = pyro.sample("z2", Normal(self.prior_loc, self.prior_scale).to_event(1))
-            z1 = pyro.sample("z1", Normal(*self.prior_z1(z2)).to_event(1))
+            z2 = pyro.sample("z2", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(*self.prior_z1(z2)).to_event(1))
             pyro.sample("x", self.decoder(z1), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         check_data(x, self.config.x_dim, "HVAE.guide")
         with pyro.plate("data", x.shape[0]):
-            z1 = pyro.sample("z1", Normal(*self.encoder_z1(x)).to_event(1))
-            pyro.sample("z2", Normal(*self.encoder_z2(z1)).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(*self.encoder_z1(x)).to_event(1))
+            pyro.sample("z2", dist.Normal(*self.encoder_z2(z1)).to_event(1))
 
     # Helpers for pictures and evaluation; the math is all above.
 

@@ -27,7 +27,6 @@ import torch
 from pyro.nn import PyroModule
 
 from pplvae.data.quadrants import join_quadrants, quadrant_mask, split_quadrants
-from pplvae.distributions import Normal
 from pplvae.networks import BernoulliDecoder, GaussianEncoder, concat
 
 
@@ -184,13 +183,13 @@ class QuadrantCVAE(_QuadrantModel):
         self._check(x, y, "QuadrantCVAE.model")
         with pyro.plate("data", x.shape[0]):
             y_hat = self.baseline.predict(x)
-            z = pyro.sample("z", Normal(*self.prior_net(concat([x, y_hat]))).to_event(1))
+            z = pyro.sample("z", dist.Normal(*self.prior_net(concat([x, y_hat]))).to_event(1))
             return pyro.sample("y", self.generation_net(concat([x, z])), obs=y)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self._check(x, y, "QuadrantCVAE.guide")
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", Normal(*self.recognition_net(concat([x, y]))).to_event(1))
+            pyro.sample("z", dist.Normal(*self.recognition_net(concat([x, y]))).to_event(1))
 
     # Helpers for initialisation and pictures; the math is all above.
 

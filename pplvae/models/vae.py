@@ -10,7 +10,6 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from pplvae.distributions import Normal
 from pplvae.networks import DECODERS, GaussianEncoder
 
 
@@ -84,14 +83,14 @@ class VAE(PyroModule):
     def model(self, x: torch.Tensor) -> None:
         check_data(x, self.config.x_dim, "VAE.model")
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", Normal(self.prior_loc, self.prior_scale).to_event(1))
+            z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
             pyro.sample("x", self.decoder(z), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         check_data(x, self.config.x_dim, "VAE.guide")
         with pyro.plate("data", x.shape[0]):
             z_loc, z_scale = self.encoder(x)
-            pyro.sample("z", Normal(z_loc, z_scale).to_event(1))
+            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
 
     # Helpers for pictures and evaluation; the math is all above.
 

@@ -1,0 +1,187 @@
+"""The handler's fast log-densities equal the distributions' own, on random and adversarial inputs."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+
+from pplvae import FastLogProbMessenger, VAE, VAEConfig, log_marginal_likelihood
+from pplvae.fast_log_prob import bernoulli_log_prob, fast_log_prob
+
+
+def exact_bernoulli(logits, value):
+    """Per-pixel log-densities in float64: the reference."""
+    return dist.Bernoulli(logits=logits.double()).log_prob(value.double()).sum(-1)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-3), (torch.float64, 1e-9)])
+@pytest.mark.parametrize("scale", [0.1, 5.0, 40.0, 1e4])
+def test_bernoulli_identity_matches_the_per_pixel_formula(dtype, atol, scale):
+    """Random logits up to saturation (|l| = 1e4: sigmoid is exactly 1 or 0 in float32)."""
+    torch.manual_seed(0)
+    logits = (torch.randn(50, 7, 784) * scale).to(dtype)
+    value = torch.bernoulli(torch.full((7, 784), 0.3)).to(dtype)
+    fast = bernoulli_log_prob(logits, value)
+    assert fast.shape == (50, 7) and fast.dtype == dtype
+    exact = exact_bernoulli(logits, value)
+    # float32 sums of 784 terms of up to |l| = 1e4 nats: relative rounding of the sum
+    torch.testing.assert_close(fast.double(), exact, rtol=1e-5, atol=atol)
+
+
+def test_bernoulli_identity_where_the_model_is_confidently_wrong_and_right():
+    """Pixels the logits call impossible (-1e4 nats each) and certain (0 nats): no underflow, no NaN."""
+    value = torch.ones(2, 784)
+    logits = torch.stack([torch.full((784,), -1e4), torch.full((784,), 1e4)])
+    fast = bernoulli_log_prob(logits, value)
+    torch.testing.assert_close(fast.double(), exact_bernoulli(logits, value), rtol=1e-6, atol=1e-6)
+    assert fast[1] == 0 and torch.isfinite(fast).all()
+
+
+def test_bernoulli_identity_for_grey_levels_is_the_cross_entropy():
+    torch.manual_seed(1)
+    logits, value = torch.randn(5, 30, dtype=torch.float64), torch.rand(5, 30, dtype=torch.float64)
+    expected = -torch.nn.functional.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+    torch.testing.assert_close(bernoulli_log_prob(logits, value), expected)
+
+
+def test_bernoulli_identity_for_every_width_including_primes():
+    torch.manual_seed(2)
+    for d in (1, 7, 97, 560, 784, 1031):
+        logits, value = torch.randn(4, d, dtype=torch.float64) * 3, torch.bernoulli(torch.full((4, d), 0.5)).double()
+        torch.testing.assert_close(bernoulli_log_prob(logits, value), exact_bernoulli(logits, value))
+
+
+def expanded_normal(batch_shape):
+    loc, scale = torch.randn(3, 5), torch.rand(3, 5) + 0.1
+    return dist.Normal(loc, scale).to_event(1).expand(batch_shape)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (dist.Bernoulli(logits=torch.randn(4, 3, 10) * 8).to_event(1), torch.bernoulli(torch.rand(4, 3, 10))),
+        lambda: (dist.Bernoulli(probs=torch.rand(4, 3, 10)).to_event(2), torch.bernoulli(torch.rand(4, 3, 10))),
+        lambda: (expanded_normal((100, 3)), torch.randn(100, 3, 5)),
+        lambda: (dist.Normal(torch.zeros(5), 2.0).expand((100, 3, 5)), torch.randn(100, 3, 5)),
+        lambda: (dist.Normal(torch.randn(5), 2.0).to_event(1).to_event(0).expand((2, 3)), torch.randn(2, 3, 5)),
+        # the value broadcast up to the batch: an observed image scored under K samples of z
+        lambda: (dist.Bernoulli(logits=torch.randn(40, 3, 10) * 8).to_event(1), torch.bernoulli(torch.rand(3, 10))),
+        lambda: (expanded_normal((100, 3)), torch.randn(3, 5)),
+        # the value larger than the batch
+        lambda: (dist.Normal(torch.zeros(5), 1.0).expand((3, 5)).to_event(1), torch.randn(7, 3, 5)),
+    ],
+)
+def test_fast_log_prob_equals_log_prob(make):
+    torch.manual_seed(3)
+    fn, value = make()
+    with torch.no_grad():
+        fast = fast_log_prob(fn, value)
+        assert fast is not None
+        torch.testing.assert_close(fast, fn.log_prob(value), rtol=1e-5, atol=1e-4)
+
+
+def test_fast_log_prob_validates_like_log_prob():
+    with torch.no_grad(), pytest.raises(ValueError, match="support"):
+        fast_log_prob(dist.Bernoulli(logits=torch.zeros(2, 3), validate_args=True).to_event(1), torch.full((2, 3), 0.5))
+
+
+def test_unrecognized_cases_fall_back_to_log_prob():
+    """Other distributions, subclasses, broadcasting values and autograd: None, i.e. the site's own log_prob."""
+
+    class MyNormal(dist.Normal):
+        pass
+
+    value = torch.randn(4, 3)
+    with torch.no_grad():
+        assert fast_log_prob(dist.Laplace(0.0, 1.0).expand((4, 3)), value) is None
+        assert fast_log_prob(MyNormal(torch.zeros(3), 1.0).expand((4, 3)), value) is None
+        assert fast_log_prob(dist.Normal(torch.zeros(4, 3), torch.ones(4, 3)), value) is None  # nothing expanded
+    assert fast_log_prob(dist.Normal(torch.zeros(3), 1.0).expand((4, 3)), value) is None  # autograd on
+
+
+def plain_vae_pair(x_dim=20, z_dim=4):
+    """A VAE as a user writes it: pyro.distributions and nn layers only."""
+    decoder = torch.nn.Sequential(torch.nn.Linear(z_dim, 16), torch.nn.Tanh(), torch.nn.Linear(16, x_dim))
+    encoder = torch.nn.Sequential(torch.nn.Linear(x_dim, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2 * z_dim))
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(z_dim), torch.ones(z_dim)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_log_scale = encoder(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(z_loc, z_log_scale.exp()).to_event(1))
+
+    return model, guide
+
+
+def test_handler_scores_a_trace_as_the_plain_trace_does():
+    model, guide = plain_vae_pair()
+    x = torch.bernoulli(torch.full((6, 20), 0.4))
+
+    def vectorized(fn):
+        def run(x):
+            with pyro.plate("particles", 300, dim=-2):
+                fn(x)
+        return run
+
+    with torch.no_grad():
+        guide_trace = poutine.trace(vectorized(guide)).get_trace(x)
+        with FastLogProbMessenger():
+            fast = poutine.trace(poutine.replay(vectorized(model), guide_trace)).get_trace(x)
+        plain = poutine.trace(poutine.replay(vectorized(model), guide_trace)).get_trace(x)
+    fast.compute_log_prob()
+    plain.compute_log_prob()
+    for name in ("z", "x"):
+        torch.testing.assert_close(fast.nodes[name]["log_prob"], plain.nodes[name]["log_prob"], rtol=1e-5, atol=1e-4)
+
+
+def test_handler_keeps_scale_and_mask():
+    def model():
+        with pyro.plate("data", 4), poutine.scale(scale=3.0), poutine.mask(mask=torch.tensor([True, False, True, True])):
+            with pyro.plate("particles", 10, dim=-2):
+                pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    with torch.no_grad(), FastLogProbMessenger():
+        trace = poutine.trace(model).get_trace()
+    fast = trace.nodes["z"]["log_prob"]
+    z = trace.nodes["z"]["value"]
+    expected = 3.0 * dist.Normal(0.0, 1.0).log_prob(z).sum(-1) * torch.tensor([1.0, 0.0, 1.0, 1.0])
+    torch.testing.assert_close(fast, expected)
+
+
+def test_handler_leaves_autograd_untouched():
+    model, guide = plain_vae_pair()
+    x = torch.bernoulli(torch.full((6, 20), 0.4))
+    with FastLogProbMessenger():
+        trace = poutine.trace(model).get_trace(x)
+    assert "log_prob" not in trace.nodes["x"]  # scored later by the distribution itself
+
+
+def test_plain_pair_gives_the_same_estimate_with_and_without_the_handler(monkeypatch):
+    """The estimator with the handler against the same draws scored by the distributions' own log_prob."""
+    model, guide = plain_vae_pair()
+    x = torch.bernoulli(torch.full((9, 20), 0.4))
+    pyro.set_rng_seed(4)
+    fast = log_marginal_likelihood(model, guide, x, num_samples=500)
+    monkeypatch.setattr("pplvae.fast_log_prob.fast_log_prob", lambda fn, value: None)
+    pyro.set_rng_seed(4)
+    plain = log_marginal_likelihood(model, guide, x, num_samples=500)
+    torch.testing.assert_close(fast.log_px, plain.log_px, rtol=0, atol=1e-4)
+
+
+def test_shipped_vae_is_plain_pyro():
+    """The decoder returns Pyro's own Bernoulli whatever the grad mode; the prior is Pyro's Normal."""
+    vae = VAE(VAEConfig(x_dim=12, z_dim=3, hidden_dims=(8,)))
+    z = torch.randn(5, 3)
+    for context in (torch.enable_grad, torch.no_grad):
+        with context():
+            p = vae.decoder(z)
+            assert type(p) is dist.Independent and type(p.base_dist) is dist.Bernoulli
+    trace = poutine.trace(vae.model).get_trace(torch.zeros(5, 12))
+    assert type(trace.nodes["z"]["fn"].base_dist) is dist.Normal
