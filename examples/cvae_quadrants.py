@@ -46,10 +46,10 @@ import pyro
 import torch
 
 from pplvae import TrainConfig, fit, load_dataset, log_marginal_likelihood
-from pplvae.checkpoint import save_csv
 from pplvae.data import ImageData
 from pplvae.models import QuadrantBaseline, QuadrantConfig, QuadrantCVAE, model_config
 from pplvae.plots import save_image_grid
+from pplvae.runs import save_csv
 
 logger = logging.getLogger(__name__)
 

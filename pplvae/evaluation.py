@@ -17,7 +17,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pplvae.checkpoint import save_csv
+from pplvae.runs import save_csv
 from pplvae.data.images import TEST_BINARIZATION_SEED, binarize
 from pplvae.marginal import log_marginal_likelihood
 from pplvae.runs import load_run

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torchvision.utils import save_image
 
-from pplvae.checkpoint import atomic_write
+from pplvae.runs import atomic_write
 from pplvae.data import ImageData
 from pplvae.models import VAE
 

@@ -12,9 +12,10 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,9 @@ from pyro import poutine
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pplvae.checkpoint import load_checkpoint, save_checkpoint, save_csv, save_json
+from pplvae.runs import (CHECKPOINT, CHECKPOINT_KEYS, CONFIG, METRICS, describe_changes, get_rng_state,
+                         load_checkpoint, resume_changes, run_lock, save_checkpoint, save_csv, save_json,
+                         set_rng_state)
 from pplvae.data import ImageData
 from pplvae.data.batches import batch_size_of, iterate_batches, num_datapoints
 from pplvae.data.images import binarize
@@ -38,9 +41,6 @@ from pplvae.trace_elbo import FastTrace_ELBO
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.csv"
-CONFIG = "config.json"
 TRAIN_SUBSET_BINARIZATION_SEED = 1  # the train-side metrics' fixed binarization
 COMPILE_MODES = ("default", "reduce-overhead")
 
@@ -70,6 +70,9 @@ class TrainConfig:
         num_particles: samples of z per datapoint (K for ``"iwae"``).
         mmd_weight: lambda, the per-datapoint weight of MMD^2 for ``"mmd"``.
         kernel: ``"gaussian"`` or ``"imq"``, the MMD kernel for ``"mmd"``.
+        max_skipped_steps: steps whose loss or gradient is NaN or infinite
+            that are skipped (no update) before training stops with
+            :class:`NonFiniteLossError`; 0 (default): the first one stops it.
         compile: train with :class:`CompiledLoss`: the loss recorded once as an
             operator graph and compiled by ``torch.compile`` (the same values
             and gradients to float rounding; compile time once, about 10 to
@@ -93,10 +96,16 @@ class TrainConfig:
     num_particles: int = 1
     mmd_weight: float = 1000.0
     kernel: str = "gaussian"
+    max_skipped_steps: int = 0
     compile: bool = False
     compile_mode: str = "default"
 
     def __post_init__(self):
+        for name in ("learning_rate", "beta", "kl_warmup", "mmd_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
+        if self.max_skipped_steps < 0:
+            raise ValueError(f"max_skipped_steps must be >= 0, got {self.max_skipped_steps}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.kernel not in KERNELS:
@@ -145,6 +154,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto.")
     return device
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: a step's loss or gradient was NaN or infinite.
+
+    The message names the epoch, the step and, where a re-run of the step's
+    model and guide finds one, the sample site whose log-density is not
+    finite. The parameters are left as they were before the step and the last
+    checkpoint on disk is the last good one.
+    """
 
 
 class NegativeELBO(nn.Module):
@@ -275,10 +294,16 @@ class Trainer:
                                           fused=self.device.type in ("cpu", "cuda"))
         self.epoch = 0
         self.history: list[dict] = []
+        self.skipped_steps = 0
 
     def step(self, *args, **kwargs) -> torch.Tensor:
-        """One SVI step on a minibatch; returns the detached -ELBO per datapoint (no host sync
-        with ``differentiable_loss`` objectives)."""
+        """One SVI step on a minibatch; returns the detached -ELBO per datapoint.
+
+        Raises:
+            NonFiniteLossError: the loss or a gradient is NaN or infinite; no
+                update is made. Checking costs one host sync per step (on CUDA;
+                nothing on the CPU), the least that keeps NaN out of the weights.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         if self.differentiable:
             loss = self.step_loss(*args, **kwargs)
@@ -287,8 +312,29 @@ class Trainer:
             scale = 1.0 / batch_size_of(args, kwargs)
             loss = torch.as_tensor(self.objective.loss_and_grads(
                 poutine.scale(self.model.model, scale), poutine.scale(self.model.guide, scale), *args, **kwargs))
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not (torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf")))):
+            what = "loss" if not torch.isfinite(loss) else "gradient"
+            raise NonFiniteLossError(f"the {what} is not finite (loss {loss.item():.4g} nats per datapoint)")
         self.optimizer.step()
         return loss.detach()
+
+    def non_finite_site(self, *args, **kwargs) -> str | None:
+        """Re-run model and guide on the arguments once; name the first sample site whose value or
+        log-density is not finite (guide first), or None. Used only after a failed step."""
+        try:
+            with torch.no_grad(), pyro.validation_enabled(False):
+                guide = pyro.poutine.trace(self.model.guide).get_trace(*args, **kwargs)
+                model = pyro.poutine.trace(pyro.poutine.replay(self.model.model, trace=guide)).get_trace(
+                    *args, **kwargs)
+                for program, trace in (("guide", guide), ("model", model)):
+                    trace.compute_log_prob()
+                    for name, site in trace.nodes.items():
+                        if site["type"] == "sample" and not torch.isfinite(site["log_prob"]).all():
+                            return f"the log-density of sample site {name!r} of the {program} is not finite"
+        except Exception as error:  # a diagnosis only: the step has failed already
+            return f"re-running the step raised {type(error).__name__}"
+        return None
 
     def batches(self, data, train: bool = True) -> Iterator[tuple[tuple, dict]]:
         """``(args, kwargs)`` minibatches of one pass over ``data``, on the training device.
@@ -340,7 +386,20 @@ class Trainer:
             if self.config.kl_warmup > 0:
                 self.loss.objective.beta = self.config.beta_at(self.epoch + i / steps)
             size = batch_size_of(args, kwargs)
-            total += self.step(*args, **kwargs) * size
+            try:
+                total += self.step(*args, **kwargs) * size
+            except NonFiniteLossError as error:
+                self.skipped_steps += 1
+                if self.skipped_steps <= self.config.max_skipped_steps:
+                    logger.warning("epoch %d, step %d: %s; step skipped", self.epoch + 1, i + 1, error)
+                    continue
+                site = self.non_finite_site(*args, **kwargs)
+                raise NonFiniteLossError(
+                    f"training diverged at epoch {self.epoch + 1}, step {i + 1}"
+                    + (f" of {steps}" if steps else "") + f": {error}"
+                    + (f"; {site}" if site else "") + ". The last good checkpoint is kept; lower the "
+                    "learning rate, or allow skipped steps (max_skipped_steps)."
+                ) from None
             seen += size
             if progress and i % 50 == 0:
                 bar.set_postfix(elbo=f"{-total.item() / seen:.2f}")
@@ -416,7 +475,7 @@ class Trainer:
         return row
 
     def state_dict(self) -> dict:
-        rng = {"pyro": pyro.util.get_rng_state(), "python": random.getstate()}
+        rng = get_rng_state()
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
@@ -432,8 +491,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
-        pyro.util.set_rng_state(state["rng"]["pyro"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
@@ -504,7 +562,10 @@ def fit(
         resume: continue the run in ``run_dir`` from its checkpoint up to
             ``config.epochs``; with data shuffled by pplvae (not a caller's
             ``DataLoader`` with its own generator) the result equals an
-            uninterrupted run's.
+            uninterrupted run's. The model and data in ``run_config`` must be
+            the saved ones; training settings may change (more epochs, a new
+            learning rate), and the changes are listed under ``"history"`` in
+            ``config.json``.
         progress: show a tqdm progress bar with the running ELBO (on a terminal only).
         run_config: the JSON-ready config to save, ``{"model", "data", "train"}``;
             default: :func:`default_run_config`.
@@ -528,12 +589,21 @@ def fit(
         large as the test set; for other data ``train_elbo`` is the mean of
         the objective over the epoch's steps, and ``test_*`` need ``test_data``.
 
+    Writing ``run_dir`` holds its lock (:func:`pplvae.runs.run_lock`) throughout.
+
     Raises:
         ValueError: the data's width does not match the model's ``x_dim``;
-            the model and guide sample different latent sites.
+            the model and guide sample different latent sites; on ``resume``,
+            another model, data set or seed than the saved run's, or
+            ``config.epochs`` below the epochs done.
         TypeError: ``model`` lacks ``model``/``guide``, or data of an unknown kind.
         FileExistsError: ``run_dir`` holds a run and ``resume`` is False.
         FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
+        pplvae.RunLockedError: another process is writing ``run_dir``.
+        pplvae.CheckpointError: the checkpoint to resume from is damaged or unsafe.
+        NonFiniteLossError: a loss or gradient went NaN or infinite (more than
+            ``config.max_skipped_steps`` times), or the epoch's ELBO did.
+        OSError: a file cannot be written (read-only folder, disk full).
     """
     config = TrainConfig() if config is None else config
     for method in ("model", "guide", "parameters"):
@@ -548,16 +618,32 @@ def fit(
                 f"build the model with x_dim={data.x_dim}."
             )
     run_dir = None if run_dir is None else Path(run_dir)
+    if resume and not (run_dir / CHECKPOINT).exists():
+        load_checkpoint(run_dir / CHECKPOINT)  # raises FileNotFoundError before the folder is made
+    with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
+        return _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, test_data, objective)
+
+
+def _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, test_data, objective) -> pd.DataFrame:
     if run_dir is not None and not resume and (run_dir / CHECKPOINT).exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder.")
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT) if resume else None
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT, keys=CHECKPOINT_KEYS) if resume else None
 
     trainer = Trainer(model, config, objective)
     if isinstance(data, ImageData):
         data = data.to(trainer.device)
     if checkpoint is not None:
+        saved = checkpoint.get("config") or {}
+        run_config = run_config if run_config is not None else {**saved, "train": asdict(config)}
+        changes = resume_changes(saved, run_config, checkpoint["epoch"]) if saved else {}
+        if changes:
+            entry = {"after_epoch": checkpoint["epoch"], "changes": {k: list(v) for k, v in changes.items()}}
+            run_config = {**run_config, "history": [*saved.get("history", []), entry]}
         trainer.load_state_dict(checkpoint)
-        logger.info("resuming %s after epoch %d", run_dir, trainer.epoch)
+        for group in trainer.optimizer.param_groups:  # the optimiser's state keeps the old rate
+            group["lr"] = config.learning_rate
+        logger.info("resuming %s after epoch %d%s", run_dir, trainer.epoch,
+                    f" with {describe_changes(changes)}" if changes else "")
     else:
         pyro.set_rng_seed(config.seed)
     if run_config is None:
@@ -576,6 +662,10 @@ def fit(
             metrics = trainer.epoch_metrics(data, test_data)
             # ImageData's metrics hold train_elbo on a fixed training subset; other data keep the epoch's mean
             row = {"epoch": trainer.epoch, "train_elbo": train_elbo, **metrics, "seconds": time.perf_counter() - start}
+            if not all(math.isfinite(row[k]) for k in ("train_elbo", "test_elbo") if k in row):
+                raise NonFiniteLossError(f"the ELBO after epoch {trainer.epoch} is not finite (train "
+                                         f"{row['train_elbo']}, test {row.get('test_elbo')}); the last good "
+                                         "checkpoint is kept.")
             trainer.history.append(row)
             logger.info("epoch %d: train ELBO %.2f, test ELBO %s nats", row["epoch"], row["train_elbo"],
                         f"{row['test_elbo']:.2f}" if "test_elbo" in row else "-")
