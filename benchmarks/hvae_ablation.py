@@ -47,6 +47,7 @@ VARIANTS = {
     "vae-old-defaults": ("vae", {"data_init": False}, {"adam_eps": 1e-8}, "the yardstick with the old settings"),
     "hvae-no-data-init": ("hvae", {"data_init": False}, {}, "torch's init of the output bias (pixels start at 1/2)"),
     "hvae-warmup": ("hvae", {}, {"kl_warmup": "half"}, "KL warm-up over half the epochs [2]"),
+    "vae-warmup": ("vae", {}, {"kl_warmup": "half"}, "the yardstick with the same warm-up"),
     "hvae-softplus": ("hvae", {"top_scale": "softplus"}, {}, "softplus scales in the top layer"),
     "hvae-scale0.1": ("hvae", {"top_scale_init": 0.1}, {}, "top scales start at 0.1"),
     "hvae-skip": ("hvae", {"top_skip": True}, {}, "linear skip in the top means"),

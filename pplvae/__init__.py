@@ -11,21 +11,21 @@ import pyro
 
 pyro.settings.set(module_local_params=True)
 
-from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
 from pplvae.fast_log_prob import FastLogProbMessenger  # noqa: E402
 from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
 from pplvae.models import CVAE, HVAE, MODELS, VAE, CVAEConfig, HVAEConfig, VAEConfig, build_model  # noqa: E402
 from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
-from pplvae.runs import Run, load_run  # noqa: E402
+from pplvae.runs import CheckpointError, Run, RunLockedError, load_checkpoint, load_run, save_checkpoint  # noqa: E402
 from pplvae.trace_elbo import FastTrace_ELBO  # noqa: E402
-from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E402
+from pplvae.training import NegativeELBO, NonFiniteLossError, TrainConfig, Trainer, fit  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CVAE",
     "CVAEConfig",
+    "CheckpointError",
     "DataNotFoundError",
     "FastLogProbMessenger",
     "FastTrace_ELBO",
@@ -36,7 +36,9 @@ __all__ = [
     "MarginalLikelihood",
     "OBJECTIVES",
     "NegativeELBO",
+    "NonFiniteLossError",
     "Run",
+    "RunLockedError",
     "TrainConfig",
     "Trainer",
     "VAE",

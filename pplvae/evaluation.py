@@ -17,7 +17,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pplvae.checkpoint import save_csv
+from pplvae.runs import save_csv
 from pplvae.data.images import TEST_BINARIZATION_SEED, binarize
 from pplvae.marginal import log_marginal_likelihood
 from pplvae.runs import load_run
@@ -39,6 +39,7 @@ def evaluate_run(
     seed: int = 0,
     max_memory_bytes: int | None = None,
     progress: bool = False,
+    compile: bool = False,
 ) -> pd.DataFrame:
     """Estimate log p(x) of a trained run's model on a split and write ``RUN/evaluation.csv``.
 
@@ -61,6 +62,8 @@ def evaluate_run(
         max_memory_bytes: the estimator's memory budget per chunk, bytes; None:
             :func:`pplvae.marginal.default_memory_budget` of the device.
         progress: show a tqdm progress bar over the K x N samples (on a terminal only).
+        compile: compile the estimator's chunks (see :func:`pplvae.log_marginal_likelihood`);
+            ``seconds`` then includes the compile time.
 
     Returns:
         one-row DataFrame, nats per datapoint averaged over the split:
@@ -96,7 +99,7 @@ def evaluate_run(
         start = time.perf_counter()
         result = log_marginal_likelihood(
             run.model.model, run.model.guide, *args, num_samples=num_samples,
-            max_memory_bytes=max_memory_bytes, progress=bar.update,
+            max_memory_bytes=max_memory_bytes, progress=bar.update, compile=compile,
         )
         seconds = time.perf_counter() - start
     table = result.to_frame()
