@@ -190,3 +190,22 @@ def test_cli_settings_and_reproduce_burda(tmp_path, data_dir, capsys):
     assert table.loc[0, "paper_nll"] == 86.76 and table.loc[0, "epochs"] == 1 and table.loc[0, "K"] == 10
     assert table.loc[0, "test_images"] == 50 and table.loc[0, "active_units"].startswith("z: ")
     assert "Burda et al. Table 1: 86.76" in capsys.readouterr().out
+
+
+def test_a_new_learning_rate_on_resume_scales_the_schedule():
+    trainer = Trainer(_model(), TrainConfig(device="cpu", lr_schedule="burda", epochs=20))
+    for _ in range(5):  # five epochs: stage 2's rate
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    state = trainer.state_dict()
+    same = Trainer(_model(), TrainConfig(device="cpu", lr_schedule="burda", epochs=20))
+    same.load_state_dict(state)
+    same.rebase_learning_rate(1e-3)
+    assert same.optimizer.param_groups[0]["lr"] == trainer.optimizer.param_groups[0]["lr"]  # bit for bit
+    doubled = Trainer(_model(), TrainConfig(device="cpu", lr_schedule="burda", epochs=20, learning_rate=2e-3))
+    doubled.load_state_dict(state)
+    doubled.rebase_learning_rate(2e-3)
+    assert doubled.optimizer.param_groups[0]["lr"] == pytest.approx(2 * _burda_rate(5))
+    doubled.optimizer.step()
+    doubled.scheduler.step()
+    assert doubled.optimizer.param_groups[0]["lr"] == pytest.approx(2 * _burda_rate(6))
