@@ -211,7 +211,7 @@ def test_command_line_trains_each_variant_on_mnist(name, data_dir, tmp_path, cap
     assert (out / "class_samples.png").exists() == (name == "cvae")
 
 
-@pytest.mark.parametrize("script", ["cvae_mnist.py", "hvae_mnist.py", "cvae_quadrants.py"])
+@pytest.mark.parametrize("script", ["cvae_mnist.py", "hvae_mnist.py", "cvae_quadrants.py", "conv_vae_mnist.py"])
 def test_example_scripts_run(script, data_dir, tmp_path, monkeypatch, capsys):
     """Each example as ``python examples/SCRIPT`` with tiny flags, in this process (no second torch import)."""
     import runpy
