@@ -31,7 +31,7 @@ from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
 import pplvae
-from pplvae.data.batches import Binarize
+from pplvae.data import Binarize
 from pplvae.data.paths import candidate_dirs
 
 

@@ -57,7 +57,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 import pplvae
-from pplvae.data.batches import Binarize
+from pplvae.data import Binarize
 
 MAX_PLATE_NESTING = 1  # one plate ("labelled" or "data") around every site; enumeration takes dim -2
 
@@ -185,7 +185,7 @@ class PartlyLabelled(Dataset):
 
     Args:
         images: (N, x_dim) pixels in [0, 1]; ``transform`` is applied to each
-            item as it is read (e.g. :class:`pplvae.data.batches.Binarize`).
+            item as it is read (e.g. :class:`pplvae.data.Binarize`).
         labels: (N,) int64 classes.
         labelled: (N,) bool; where False the item's y is 0, so that no code
             can read a hidden label.
