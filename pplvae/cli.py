@@ -15,7 +15,7 @@ from pplvae.data import DATASETS, IMAGE_SHAPES, DataNotFoundError, load_dataset
 from pplvae.evaluation import EVALUATION, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
-from pplvae.objectives import KERNELS, OBJECTIVES
+from pplvae.objectives import GRADIENTS, KERNELS, OBJECTIVES
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
 from pplvae.runs import load_run
 from pplvae.training import COMPILE_MODES, TrainConfig, fit
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
                        help="raise beta linearly from 0 over this many epochs")
     train.add_argument("--num-particles", type=int, default=1, metavar="K", help="samples of z per datapoint")
+    train.add_argument("--gradient", choices=GRADIENTS, default="standard",
+                       help="gradient estimator for --objective iwae: standard or dreg (doubly reparameterized)")
     train.add_argument("--mmd-weight", type=float, default=1000.0, metavar="LAMBDA",
                        help="per-datapoint weight of MMD^2 for --objective mmd")
     train.add_argument("--kernel", choices=KERNELS, default="gaussian", help="MMD kernel for --objective mmd")
@@ -123,7 +125,7 @@ def train(args: argparse.Namespace) -> None:
                                    seed=args.seed, device=args.device, objective=args.objective,
                                    beta=args.beta, kl_warmup=args.kl_warmup, num_particles=args.num_particles,
                                    mmd_weight=args.mmd_weight, kernel=args.kernel, compile=args.compile,
-                                   compile_mode=args.compile_mode)
+                                   compile_mode=args.compile_mode, gradient=args.gradient)
         run_config = {
             "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
                       "activation": args.activation, "likelihood": likelihood},

@@ -62,6 +62,7 @@ class TrainConfig:
         kl_warmup: epochs over which beta rises linearly from 0 to ``beta``,
             updated before every step (0: no warm-up); ELBO objectives only.
         num_particles: samples of z per datapoint (K for ``"iwae"``).
+        gradient: ``"standard"`` or ``"dreg"`` (doubly reparameterized, ``"iwae"`` only).
         mmd_weight: lambda, the per-datapoint weight of MMD^2 for ``"mmd"``.
         kernel: ``"gaussian"`` or ``"imq"``, the MMD kernel for ``"mmd"``.
         compile: train with :class:`CompiledLoss`: the loss recorded once as an
@@ -88,6 +89,7 @@ class TrainConfig:
     kernel: str = "gaussian"
     compile: bool = False
     compile_mode: str = "default"
+    gradient: str = "standard"
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -114,7 +116,7 @@ class TrainConfig:
     def build_objective(self):
         """The training objective this config names, at its target ``beta``."""
         return make_objective(self.objective, beta=self.beta, num_particles=self.num_particles,
-                              mmd_weight=self.mmd_weight, kernel=self.kernel)
+                              mmd_weight=self.mmd_weight, kernel=self.kernel, gradient=self.gradient)
 
     def beta_at(self, epochs_done: float) -> float:
         """The KL weight after ``epochs_done`` (possibly fractional) epochs of warm-up."""
