@@ -6,11 +6,13 @@ from dataclasses import asdict
 
 from pplvae.models.cvae import CVAE, CVAEConfig
 from pplvae.models.hvae import HVAE, HVAEConfig
+from pplvae.models.iaf import IAFVAE, IAFConfig
 from pplvae.models.quadrant import QuadrantBaseline, QuadrantConfig, QuadrantCVAE
 from pplvae.models.vae import VAE, VAEConfig
+from pplvae.models.vampprior import VampPriorConfig, VampPriorVAE
 
 #: Model classes by the name the command line and saved configs use.
-MODELS = {cls.name: cls for cls in (VAE, CVAE, HVAE, QuadrantBaseline, QuadrantCVAE)}
+MODELS = {cls.name: cls for cls in (VAE, CVAE, HVAE, QuadrantBaseline, QuadrantCVAE, VampPriorVAE, IAFVAE)}
 
 
 def build_model(name: str, **config) -> VAE:
@@ -35,12 +37,16 @@ __all__ = [
     "CVAEConfig",
     "HVAE",
     "HVAEConfig",
+    "IAFConfig",
+    "IAFVAE",
     "MODELS",
     "QuadrantBaseline",
     "QuadrantCVAE",
     "QuadrantConfig",
     "VAE",
     "VAEConfig",
+    "VampPriorConfig",
+    "VampPriorVAE",
     "build_model",
     "model_config",
 ]
