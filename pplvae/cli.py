@@ -12,7 +12,7 @@ from pathlib import Path
 import pyro
 
 from pplvae.data import DATASETS, IMAGE_SHAPES, DataNotFoundError, load_dataset
-from pplvae.evaluation import EVALUATION, SPLITS, evaluate_run
+from pplvae.evaluation import EVALUATION, EVALUATION_AIS, ESTIMATORS, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
 from pplvae.objectives import GRADIENTS, KERNELS, OBJECTIVES
@@ -84,9 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--device", default="auto")
     _add_data_flags(recon)
 
-    evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling")
+    evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling or AIS")
     evaluate.add_argument("run", type=Path)
-    evaluate.add_argument("--num-samples", type=int, default=5000, help="K, importance samples per image")
+    evaluate.add_argument("--estimator", choices=ESTIMATORS, default="is",
+                          help="is: importance sampling from the guide; ais: annealed importance sampling with HMC")
+    evaluate.add_argument("--num-samples", type=int, default=5000, help="K, importance samples per image (is)")
+    evaluate.add_argument("--num-steps", type=int, default=500, metavar="T", help="annealing steps (ais)")
+    evaluate.add_argument("--num-chains", type=int, default=16, metavar="C", help="AIS chains per image (ais)")
+    evaluate.add_argument("--initial", choices=("guide", "prior"), default="guide",
+                          help="AIS's distribution at beta = 0 (ais; prior for flow guides, whose density inverts the flow)")
     evaluate.add_argument("--split", choices=SPLITS, default="test")
     evaluate.add_argument("--max-examples", type=int, help="evaluate only the first N images of the split")
     evaluate.add_argument("--max-memory-mb", type=float,
@@ -177,8 +183,16 @@ def evaluate(args: argparse.Namespace) -> None:
     table = evaluate_run(args.run, args.num_samples, args.split, args.max_examples, args.device,
                          args.data_dir, args.download, args.seed,
                          None if args.max_memory_mb is None else int(args.max_memory_mb * 2**20),
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, estimator=args.estimator,
+                         num_steps=args.num_steps, num_chains=args.num_chains, initial=args.initial)
     row = table.iloc[0]
+    if args.estimator == "ais":
+        print(f"{args.split} set, {int(row['num_data'])} images, AIS T = {int(row['num_steps'])}, "
+              f"C = {int(row['num_chains'])} (nats per image)")
+        print(f"  {'log p(x) >=':<16}{row['log_px']:10.2f} ± {row['log_px_stderr']:.2f} (standard error)")
+        print(f"  {'acceptance':<16}{row['acceptance_mean']:10.2f}  ({row['seconds']:.1f} s)")
+        print(f"written to {args.run / EVALUATION_AIS}")
+        return
     k = int(row["num_samples"])
     lines = [("ELBO", row["elbo"])]
     lines += [(f"IWAE-{n}", row[f"iwae_{n}"]) for n in (5, 50) if f"iwae_{n}" in row]
