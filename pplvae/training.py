@@ -103,6 +103,9 @@ class TrainConfig:
         if self.compile and self.kl_warmup > 0:
             raise ValueError("compile=True records the loss once, but kl_warmup changes beta at every step; "
                              "train without --compile or without --kl-warmup.")
+        if self.compile and self.gradient == "dreg":
+            raise ValueError("gradient='dreg' weighs the guide's gradients with tensor hooks, which the graph "
+                             "recorded by compile=True does not keep; train without --compile.")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
         self.build_objective()  # raises ValueError on options that do not fit the objective

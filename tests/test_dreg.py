@@ -18,6 +18,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pplvae import TrainConfig
 from pplvae.objectives import make_objective
 from pplvae.objectives.iwae import IWAE_ELBO
 
@@ -140,3 +141,9 @@ def test_dreg_trains_a_pyro_module_guide_and_checks_its_arguments():
         make_objective("elbo", gradient="dreg")
     with pytest.raises(ValueError, match="gradient"):
         make_objective("iwae", gradient="sticking")
+
+
+def test_dreg_is_refused_with_a_recorded_graph():
+    assert TrainConfig(objective="iwae", num_particles=2, gradient="dreg").build_objective().gradient == "dreg"
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(objective="iwae", num_particles=2, gradient="dreg", compile=True)
