@@ -10,15 +10,17 @@ parameter names), so both estimators score the same model on the same images:
   over images with chunks of ``--chunk-samples`` (500) samples,
   ``binary_cross_entropy_with_logits`` and ``logsumexp``.
 
-Each round times both, in alternating order, for every thread count of
-``--threads``: the ratio ``hand-written seconds / pplvae seconds`` (above 1:
-pplvae is faster) is paired within a round, so a shared machine's load moves
-both alike. The weights are a run folder's (``--run``, a Burda-architecture
+With ``--compile`` a third contender is ``log_marginal_likelihood(...,
+compile=True)``, its one-off compile in the warm-up (printed apart). Each
+round times every contender, the order rotating between rounds, for every
+thread count of ``--threads``: the ratio ``hand-written seconds / pplvae
+seconds`` (above 1: pplvae is faster) is paired within a round, so a shared
+machine's load moves both alike. The weights are a run folder's (``--run``, a Burda-architecture
 ``pplvae train`` run) or the initial ones; either way the first
 ``--num-examples`` images of the fixed-binarized MNIST test set are scored.
 
     python -m benchmarks.marginal_throughput                          # K=5000, 20 images, 1 and 2 threads
-    python -m benchmarks.marginal_throughput --run runs/mnist-vae --num-examples 100 --rounds 5
+    python -m benchmarks.marginal_throughput --run runs/mnist-vae --num-examples 100 --rounds 5 --compile
 
 Writes one row per round and thread count (``--out``) and prints the medians
 and ranges of the ratio.
@@ -70,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (default 1 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per thread count (default 3)")
     parser.add_argument("--chunk-samples", type=int, default=500, help="the hand-written estimator's chunk (500)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time pplvae with compile=True (its compile falls in the warm-up, printed apart)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=Path("marginal_throughput.csv"), help="CSV to write")
@@ -84,6 +88,21 @@ def load_weights(twin: TorchVAE, run: Path | None) -> None:
 
     state = load_run(run, device="cpu").model.state_dict()
     twin.load_state_dict({k: v for k, v in state.items() if k in twin.state_dict()}, strict=True)
+
+
+class CompiledOnce:
+    """Calls ``fn``; the first call's time (the compile, once per process and shape) is printed apart."""
+
+    def __init__(self, fn):
+        self.fn, self.compiled = fn, False
+
+    def __call__(self):
+        if self.compiled:
+            return self.fn()
+        seconds, out = timed(self.fn)
+        self.compiled = True
+        print(f"pplvae compiled: first call (with the compile) {seconds:.1f} s", flush=True)
+        return out
 
 
 def timed(fn) -> tuple[float, torch.Tensor]:
@@ -103,38 +122,47 @@ def main(argv=None) -> pd.DataFrame:
     load_weights(twin, args.run)
     user = UserVAE(twin.encoder, twin.decoder, 50)
 
-    def ours():
-        return log_marginal_likelihood(user.model, user.guide, x, num_samples=args.num_samples).log_px
-
     def theirs():
         return hand_written_log_px(twin, x, args.num_samples, chunk_samples=args.chunk_samples)
+
+    def ours(compile=False):
+        return log_marginal_likelihood(user.model, user.guide, x, num_samples=args.num_samples,
+                                       compile=compile).log_px
+
+    contenders = {"pplvae": ours, "hand-written": theirs}
+    if args.compile:
+        contenders["pplvae compiled"] = CompiledOnce(lambda: ours(compile=True))
+
 
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        ours(), theirs()  # warm up
+        for fn in contenders.values():
+            fn()  # warm up (and compile)
         for r in range(args.rounds):
             pyro.set_rng_seed(args.seed + r)
-            order = (("pplvae", ours), ("hand-written", theirs))
+            names = list(contenders)
+            names = names[r % len(names):] + names[: r % len(names)]  # the order rotates between rounds
             times, estimates = {}, {}
-            for name, fn in order if r % 2 == 0 else order[::-1]:
-                times[name], estimates[name] = timed(fn)
-            rows.append({
-                "threads": threads, "round": r, "pplvae_seconds": times["pplvae"],
-                "hand_written_seconds": times["hand-written"],
-                "speed_vs_hand_written": times["hand-written"] / times["pplvae"],
-                "pplvae_log_px": estimates["pplvae"].mean().item(),
-                "hand_written_log_px": estimates["hand-written"].mean().item(),
-                "num_samples": args.num_samples, "num_data": len(x),
-                "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                "date": datetime.date.today().isoformat(),
-            })
-            print(f"threads {threads} round {r}: pplvae {times['pplvae']:.3f} s, hand-written "
-                  f"{times['hand-written']:.3f} s, ratio {rows[-1]['speed_vs_hand_written']:.2f}", flush=True)
+            for name in names:
+                times[name], estimates[name] = timed(contenders[name])
+            row = {"threads": threads, "round": r}
+            for name in contenders:
+                key = name.replace(" ", "_").replace("-", "_")
+                row[f"{key}_seconds"] = times[name]
+                row[f"{key}_log_px"] = estimates[name].mean().item()
+                if name != "hand-written":
+                    row[f"speed_vs_hand_written{key[6:]}"] = times["hand-written"] / times[name]
+            rows.append({**row, "num_samples": args.num_samples, "num_data": len(x),
+                         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                         "date": datetime.date.today().isoformat()})
+            print(f"threads {threads} round {r}: " + ", ".join(f"{n} {times[n]:.3f} s" for n in contenders),
+                  flush=True)
     table = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
-    summary = table.groupby("threads").speed_vs_hand_written.agg(["median", "min", "max"])
+    ratios = [c for c in table.columns if c.startswith("speed_vs_hand_written")]
+    summary = table.groupby("threads")[ratios].agg(["median", "min", "max"])
     print("hand-written seconds / pplvae seconds (above 1: pplvae faster):")
     print(summary.to_string(float_format="%.2f"))
     return table

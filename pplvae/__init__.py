@@ -12,7 +12,6 @@ import pyro
 pyro.settings.set(module_local_params=True)
 
 from pplvae.ais import AISResult, BDMCResult, annealed_importance_sampling, bidirectional_monte_carlo  # noqa: E402
-from pplvae.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
 from pplvae.fast_log_prob import FastLogProbMessenger  # noqa: E402
 from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
@@ -31,9 +30,9 @@ from pplvae.models import (  # noqa: E402
     build_model,
 )
 from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
-from pplvae.runs import Run, load_run  # noqa: E402
+from pplvae.runs import CheckpointError, Run, RunLockedError, load_checkpoint, load_run, save_checkpoint  # noqa: E402
 from pplvae.trace_elbo import FastTrace_ELBO  # noqa: E402
-from pplvae.training import NegativeELBO, TrainConfig, Trainer, fit  # noqa: E402
+from pplvae.training import NegativeELBO, NonFiniteLossError, TrainConfig, Trainer, fit  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -42,6 +41,7 @@ __all__ = [
     "BDMCResult",
     "CVAE",
     "CVAEConfig",
+    "CheckpointError",
     "DataNotFoundError",
     "FastLogProbMessenger",
     "FastTrace_ELBO",
@@ -54,7 +54,9 @@ __all__ = [
     "MarginalLikelihood",
     "OBJECTIVES",
     "NegativeELBO",
+    "NonFiniteLossError",
     "Run",
+    "RunLockedError",
     "TrainConfig",
     "Trainer",
     "VAE",

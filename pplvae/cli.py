@@ -1,26 +1,69 @@
-"""The ``pplvae`` command: train, sample, reconstruct, evaluate, quadrants. Thin: it parses flags and calls the library."""
+"""The ``pplvae`` command: train, sample, reconstruct, evaluate. Thin: it parses flags and calls the library."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pyro
+import torch
 
-from pplvae.data import DATASETS, IMAGE_SHAPES, DataNotFoundError, load_dataset
-from pplvae.evaluation import EVALUATION, EVALUATION_AIS, ESTIMATORS, SPLITS, evaluate_run
+from pplvae.data import DATASETS, IMAGE_SHAPES, load_dataset
+from pplvae.evaluation import ESTIMATORS, EVALUATION, EVALUATION_AIS, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
 from pplvae.objectives import GRADIENTS, KERNELS, OBJECTIVES
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
-from pplvae.runs import load_run
-from pplvae.training import COMPILE_MODES, TrainConfig, fit
+from pplvae.runs import (CHECKPOINT, RunError, describe_changes, load_checkpoint, load_run, read_run_config,
+                         resume_changes, run_lock)
+from pplvae.training import COMPILE_MODES, NonFiniteLossError, TrainConfig, fit
 
 DEFAULT_LIKELIHOOD = {"mnist": "bernoulli", "freyface": "gaussian"}
+# Faults on the user's side: one line on stderr and a non-zero exit, no traceback (--debug shows it).
+USER_ERRORS = (ValueError, OSError, RunError, NonFiniteLossError, MemoryError, torch.OutOfMemoryError)
+# train's flags -> (section, key) of the run config, to check and apply them on --resume
+RESUME_FLAGS = {
+    "dataset": ("data", "dataset"), "train_size": ("data", "train_size"), "test_size": ("data", "test_size"),
+    "model": ("model", "name"), "z_dim": ("model", "z_dim"), "hidden_dims": ("model", "hidden_dims"),
+    "activation": ("model", "activation"), "likelihood": ("model", "likelihood"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
+    "seed": ("train", "seed"), "objective": ("train", "objective"), "beta": ("train", "beta"),
+    "kl_warmup": ("train", "kl_warmup"), "num_particles": ("train", "num_particles"),
+    "mmd_weight": ("train", "mmd_weight"), "kernel": ("train", "kernel"), "device": ("train", "device"),
+    "compile": ("train", "compile"), "compile_mode": ("train", "compile_mode"), "gradient": ("train", "gradient"),
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (it would write into the current folder)")
+    return Path(text)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +74,14 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pplvae", description="VAEs as Pyro model/guide pairs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the library's progress")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="fit a model by SVI and write a run folder")
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
     train.add_argument("--model", choices=sorted(MODELS), default="vae")
-    train.add_argument("--z-dim", type=int, default=50)
-    train.add_argument("--hidden-dims", type=int, nargs="+", default=[200, 200], metavar="H")
+    train.add_argument("--z-dim", type=_positive_int, default=50)
+    train.add_argument("--hidden-dims", type=_positive_int, nargs="+", default=[200, 200], metavar="H")
     train.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh")
     train.add_argument("--likelihood", choices=sorted(DECODERS),
                        help="default: bernoulli for mnist (binarized), gaussian for freyface")
@@ -63,85 +107,94 @@ def build_parser() -> argparse.ArgumentParser:
                             "10 to 30 s on a CPU; not with --kl-warmup)")
     train.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                        help="torch.compile mode; reduce-overhead uses CUDA graphs (small batches on a GPU)")
-    train.add_argument("--train-size", type=int, help="use only the first N training images")
-    train.add_argument("--test-size", type=int, help="use only the first N test images")
-    train.add_argument("--out", type=Path, help="run folder (default: runs/DATASET-MODEL)")
+    train.add_argument("--train-size", type=_positive_int, help="use only the first N training images")
+    train.add_argument("--test-size", type=_positive_int, help="use only the first N test images")
+    train.add_argument("--out", type=_path, help="run folder (default: runs/DATASET-MODEL)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_data_flags(train)
 
     sample = commands.add_parser("sample", help="write a grid of samples from p(x) of a trained run")
-    sample.add_argument("run", type=Path)
-    sample.add_argument("--num-samples", type=int, default=64)
-    sample.add_argument("--out", type=Path, help="PNG path (default: RUN/samples.png)")
+    sample.add_argument("run", type=_path)
+    sample.add_argument("--num-samples", type=_positive_int, default=64)
+    sample.add_argument("--out", type=_path, help="PNG path (default: RUN/samples.png)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default="auto")
 
     recon = commands.add_parser("reconstruct", help="write test images beside their reconstructions")
-    recon.add_argument("run", type=Path)
-    recon.add_argument("--num-images", type=int, default=16)
-    recon.add_argument("--out", type=Path, help="PNG path (default: RUN/reconstructions.png)")
+    recon.add_argument("run", type=_path)
+    recon.add_argument("--num-images", type=_positive_int, default=16)
+    recon.add_argument("--out", type=_path, help="PNG path (default: RUN/reconstructions.png)")
     recon.add_argument("--device", default="auto")
     _add_data_flags(recon)
 
     evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling or AIS")
-    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("run", type=_path)
     evaluate.add_argument("--estimator", choices=ESTIMATORS, default="is",
                           help="is: importance sampling from the guide; ais: annealed importance sampling with HMC")
-    evaluate.add_argument("--num-samples", type=int, default=5000, help="K, importance samples per image (is)")
-    evaluate.add_argument("--num-steps", type=int, default=500, metavar="T", help="annealing steps (ais)")
-    evaluate.add_argument("--num-chains", type=int, default=16, metavar="C", help="AIS chains per image (ais)")
+    evaluate.add_argument("--num-samples", type=_positive_int, default=5000, help="K, importance samples per image (is)")
+    evaluate.add_argument("--num-steps", type=_positive_int, default=500, metavar="T", help="annealing steps (ais)")
+    evaluate.add_argument("--num-chains", type=_positive_int, default=16, metavar="C", help="AIS chains per image (ais)")
     evaluate.add_argument("--initial", choices=("guide", "prior"), default="guide",
                           help="AIS's distribution at beta = 0 (ais; prior for flow guides, whose density inverts the flow)")
     evaluate.add_argument("--split", choices=SPLITS, default="test")
-    evaluate.add_argument("--max-examples", type=int, help="evaluate only the first N images of the split")
-    evaluate.add_argument("--max-memory-mb", type=float,
+    evaluate.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N images of the split")
+    evaluate.add_argument("--max-memory-mb", type=_positive_float,
                           help="memory budget per chunk, MiB (default: 64 per torch thread on a CPU, up to 4096 on a GPU)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    evaluate.add_argument("--compile", action="store_true",
+                          help="compile the estimator with torch.compile (10 to 40 s once; for long estimates)")
     _add_data_flags(evaluate)
 
-    quadrants = commands.add_parser(
-        "quadrants", help="Sohn et al.'s MNIST quadrant task: baseline vs. CVAE, table and pictures")
-    quadrants.add_argument("--observed", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
-                           help="numbers of observed quadrants")
-    quadrants.add_argument("--epochs", type=int, default=5, help="CVAE epochs (Pyro's tutorial: up to 50)")
-    quadrants.add_argument("--baseline-epochs", type=int, help="default: --epochs")
-    quadrants.add_argument("--num-samples", type=int, default=100, help="importance samples per test image")
-    quadrants.add_argument("--batch-size", type=int, default=128)
-    quadrants.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    quadrants.add_argument("--seed", type=int, default=0)
-    quadrants.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    quadrants.add_argument("--train-size", type=int, help="use only the first N training images")
-    quadrants.add_argument("--test-size", type=int, help="use only the first N test images")
-    quadrants.add_argument("--out", type=Path, default=Path("runs/quadrants"), help="folder for runs, CSV, pictures")
-    _add_data_flags(quadrants)
+    parser.set_defaults(given=set())  # train's flags given on the command line, filled in by main
+    parser.train_parser = train
     return parser
 
 
 def train(args: argparse.Namespace) -> None:
     run_dir = args.out or Path("runs") / f"{args.dataset}-{args.model}"
-    if args.resume:
-        previous = load_run(run_dir, device="cpu").config
-        run_config = {**previous, "train": {**previous["train"], "epochs": args.epochs}}
-    else:
-        likelihood = args.likelihood or DEFAULT_LIKELIHOOD[args.dataset]
-        train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                   seed=args.seed, device=args.device, objective=args.objective,
-                                   beta=args.beta, kl_warmup=args.kl_warmup, num_particles=args.num_particles,
-                                   mmd_weight=args.mmd_weight, kernel=args.kernel, compile=args.compile,
-                                   compile_mode=args.compile_mode, gradient=args.gradient)
-        run_config = {
-            "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
-                      "activation": args.activation, "likelihood": likelihood},
-            "data": {"dataset": args.dataset, "binarized": likelihood == "bernoulli",
-                     "train_size": args.train_size, "test_size": args.test_size},
-            "train": asdict(train_config),
-        }
+    if not args.resume:
+        _train(args, run_dir, _new_run_config(args))
+        return
+    if not (run_dir / CHECKPOINT).exists():
+        load_checkpoint(run_dir / CHECKPOINT)  # the clear FileNotFoundError, before any folder is made
+    with run_lock(run_dir):  # held before the run is read
+        saved, epochs_done = read_run_config(run_dir)
+        run_config = {section: dict(value) if isinstance(value, dict) else value for section, value in saved.items()}
+        for flag in args.given & set(RESUME_FLAGS):
+            section, key = RESUME_FLAGS[flag]
+            run_config[section][key] = getattr(args, flag)
+        if "likelihood" in args.given:
+            run_config["data"]["binarized"] = args.likelihood == "bernoulli"
+        changes = resume_changes(saved, run_config, epochs_done)
+        print(f"resuming {run_dir} after epoch {epochs_done}"
+              + (f" with {describe_changes(changes)}" if changes else ""), flush=True)
+        _train(args, run_dir, run_config)
+
+
+def _new_run_config(args: argparse.Namespace) -> dict:
+    likelihood = args.likelihood or DEFAULT_LIKELIHOOD[args.dataset]
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                               seed=args.seed, device=args.device, objective=args.objective,
+                               beta=args.beta, kl_warmup=args.kl_warmup, num_particles=args.num_particles,
+                               mmd_weight=args.mmd_weight, kernel=args.kernel, compile=args.compile,
+                               compile_mode=args.compile_mode, gradient=args.gradient)
+    return {
+        "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
+                  "activation": args.activation, "likelihood": likelihood},
+        "data": {"dataset": args.dataset, "binarized": likelihood == "bernoulli",
+                 "train_size": args.train_size, "test_size": args.test_size},
+        "train": asdict(train_config),
+    }
+
+
+def _train(args: argparse.Namespace, run_dir: Path, run_config: dict) -> None:
     config = TrainConfig(**run_config["train"])
     data = load_dataset(run_config["data"]["dataset"], args.data_dir, args.download,
                         **{k: v for k, v in run_config["data"].items() if k != "dataset"})
+    _check_model_size(data.x_dim, run_config["model"])
     pyro.set_rng_seed(config.seed)
     model = build_model(**{"x_dim": data.x_dim, **run_config["model"]})
     run_config["model"] = model_config(model)
@@ -156,26 +209,48 @@ def train(args: argparse.Namespace) -> None:
     print(f"training {run_config['model']['name']} on {data.name} "
           f"({len(data.x_train)} train / {len(data.x_test)} test images) into {run_dir}", flush=True)
     start = time.perf_counter()
-    metrics = fit(model, data, config, run_dir, resume=args.resume, progress=not args.no_progress,
-                  run_config=run_config, on_epoch=report)
-    seconds = time.perf_counter() - start
-    paths = plot_run(model, data.to(next(model.parameters()).device), metrics, run_dir)
+    with run_lock(run_dir):  # fit takes it too; held here also while the pictures are drawn
+        metrics = fit(model, data, config, run_dir, resume=args.resume, progress=not args.no_progress,
+                      run_config=run_config, on_epoch=report)
+        seconds = time.perf_counter() - start
+        paths = plot_run(model, data.to(next(model.parameters()).device), metrics, run_dir)
     print(f"final test ELBO: {metrics['test_elbo'].iloc[-1]:.2f} nats per datapoint "
           f"after {len(metrics)} epochs ({seconds:.0f} s)")
     print("pictures: " + ", ".join(str(p) for p in paths))
 
 
+def _check_model_size(x_dim: int, model: dict) -> None:
+    """Refuse, before allocating, a model whose weights, gradients and Adam state exceed the RAM."""
+    hidden = list(model.get("hidden_dims", ()))
+    z_dim = model.get("z_dim", 1)
+    widths = [x_dim, *hidden, 2 * z_dim], [z_dim, *hidden[::-1], 2 * x_dim]  # encoder, decoder
+    parameters = sum((a + 1) * b for layers in widths for a, b in zip(layers, layers[1:]))
+    need = 4 * 4 * parameters  # float32 weights, gradients, Adam's two moments
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > ram:
+        raise ValueError(f"a model with z_dim {z_dim} and hidden_dims {hidden} has about {parameters:.2g} "
+                         f"parameters and needs about {need / 2**30:.3g} GiB to train; this machine has "
+                         f"{ram / 2**30:.3g} GiB. Choose smaller --hidden-dims / --z-dim.")
+
+
+def _png_path(out: Path | None, default: Path) -> Path:
+    if out is not None and out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the path of a .png file.")
+    return out or default
+
+
 def sample(args: argparse.Namespace) -> None:
+    out = _png_path(args.out, args.run / "samples.png")
     run = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
     image_shape = IMAGE_SHAPES[run.config["data"]["dataset"]]
-    print(plot_samples(run.model, image_shape, args.out or args.run / "samples.png", args.num_samples))
+    print(plot_samples(run.model, image_shape, out, args.num_samples))
 
 
 def reconstruct(args: argparse.Namespace) -> None:
+    out = _png_path(args.out, args.run / "reconstructions.png")
     run = load_run(args.run, args.device)
     data = run.load_data(args.data_dir, args.download)
-    out = args.out or args.run / "reconstructions.png"
     print(plot_reconstructions(run.model, data.x_test, data.y_test, data.image_shape, out, args.num_images))
 
 
@@ -183,7 +258,7 @@ def evaluate(args: argparse.Namespace) -> None:
     table = evaluate_run(args.run, args.num_samples, args.split, args.max_examples, args.device,
                          args.data_dir, args.download, args.seed,
                          None if args.max_memory_mb is None else int(args.max_memory_mb * 2**20),
-                         progress=not args.no_progress, estimator=args.estimator,
+                         progress=not args.no_progress, compile=args.compile, estimator=args.estimator,
                          num_steps=args.num_steps, num_chains=args.num_chains, initial=args.initial)
     row = table.iloc[0]
     if args.estimator == "ais":
@@ -206,37 +281,38 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"written to {args.run / EVALUATION}")
 
 
-def quadrants(args: argparse.Namespace) -> None:
-    from pplvae.quadrant_experiment import run_quadrant_experiment
-
-    data = load_dataset("mnist", args.data_dir, args.download, binarized=True,
-                        train_size=args.train_size, test_size=args.test_size)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                         seed=args.seed, device=args.device)
-
-    def report(row):
-        print(f"{row['observed_quadrants']} quadrant(s)  {row['model']:17s} epoch {row['epoch']:3d}  "
-              f"test ELBO {row['test_elbo']:8.2f} nats/image  ({row['seconds']:.1f} s)", flush=True)
-
-    table = run_quadrant_experiment(data, args.out, tuple(args.observed), config, args.baseline_epochs,
-                                    args.num_samples, on_epoch=report)
-    print(table.to_string(index=False, float_format="%.2f"))
-    print(f"table: {args.out / 'quadrants.csv'}; pictures: {args.out}/quadrants_q*.png")
+COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate}
 
 
-COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate,
-            "quadrants": quadrants}
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``train`` options given on the command line (not left at their defaults)."""
+    for action in parser.train_parser._actions:  # set_defaults would feed SUPPRESS to the types
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "verbose", "debug", "given"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pplvae`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``pplvae`` command; returns the exit status.
+
+    0: done; 1: training diverged (a NaN or infinite loss); 2: a user-side
+    fault (bad flag, data, run folder or checkpoint; a file that cannot be
+    written), reported in one line on stderr (``--debug`` shows the
+    traceback); 130: interrupted.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        args.given = _given_flags(parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         COMMANDS[args.command](args)
-    except (ValueError, DataNotFoundError, FileExistsError, FileNotFoundError) as error:
-        print(f"pplvae {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = str(error).split("\nTrace Shapes:")[0].strip() or type(error).__name__  # no Pyro shape tables
+        print(f"pplvae {args.command}: error: {message}", file=sys.stderr)
+        return 1 if isinstance(error, NonFiniteLossError) else 2
     except KeyboardInterrupt:
         print(f"\npplvae {args.command}: interrupted; the last good checkpoint and metrics.csv are kept "
               f"(continue with --resume).", file=sys.stderr)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pplvae.ais import annealed_importance_sampling
-from pplvae.checkpoint import save_csv
+from pplvae.runs import save_csv
 from pplvae.data.images import TEST_BINARIZATION_SEED, binarize
 from pplvae.marginal import log_marginal_likelihood
 from pplvae.runs import load_run
@@ -44,6 +44,7 @@ def evaluate_run(
     seed: int = 0,
     max_memory_bytes: int | None = None,
     progress: bool = False,
+    compile: bool = False,
     estimator: str = "is",
     num_steps: int = 500,
     num_chains: int = 16,
@@ -70,6 +71,8 @@ def evaluate_run(
         max_memory_bytes: the estimator's memory budget per chunk, bytes; None:
             :func:`pplvae.marginal.default_memory_budget` of the device.
         progress: show a tqdm progress bar over the K x N samples (on a terminal only).
+        compile: compile the estimator's chunks (see :func:`pplvae.log_marginal_likelihood`);
+            ``seconds`` then includes the compile time.
         estimator: ``"is"`` (importance sampling from the guide, K = ``num_samples``)
             or ``"ais"`` (:func:`pplvae.annealed_importance_sampling` from
             ``initial``, ``"guide"`` or ``"prior"``, with ``num_steps`` T and
@@ -117,7 +120,7 @@ def evaluate_run(
         start = time.perf_counter()
         result = log_marginal_likelihood(
             run.model.model, run.model.guide, *args, num_samples=num_samples,
-            max_memory_bytes=max_memory_bytes, progress=bar.update,
+            max_memory_bytes=max_memory_bytes, progress=bar.update, compile=compile,
         )
         seconds = time.perf_counter() - start
     table = result.to_frame()

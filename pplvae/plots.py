@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 from torchvision.utils import save_image
 
-from pplvae.checkpoint import atomic_write
+from pplvae.runs import atomic_write
 from pplvae.data import ImageData
 from pplvae.models import VAE
 
 
-def _save_grid(images: torch.Tensor, image_shape, path, nrow: int) -> Path:
-    """Save (N, H*W) grey images in [0, 1] as one PNG grid, atomically."""
+def save_image_grid(images: torch.Tensor, image_shape, path, nrow: int) -> Path:
+    """Save (N, H*W) grey images in [0, 1] as one PNG grid of ``nrow`` images per row, atomically; returns the path."""
     grid = images.detach().float().cpu().reshape(-1, 1, *image_shape)
     return atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=nrow, padding=1, format="png"))
 
@@ -52,7 +52,7 @@ def plot_samples(model, image_shape, path, num_samples: int = 64) -> Path:
     if not hasattr(model, "sample_images"):
         raise ValueError(f"The {model.name} model has no p(x) to sample from; try `pplvae reconstruct`.")
     model.eval()
-    return _save_grid(model.sample_images(num_samples), image_shape, path, nrow=int(num_samples**0.5))
+    return save_image_grid(model.sample_images(num_samples), image_shape, path, nrow=int(num_samples**0.5))
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def plot_reconstructions(model, x, labels, image_shape, path, num_images: int = 
     rows = []
     for start in range(0, len(x), ncol):
         rows += [x[start : start + ncol], recon[start : start + ncol]]
-    return _save_grid(torch.cat(rows), image_shape, path, nrow=ncol)
+    return save_image_grid(torch.cat(rows), image_shape, path, nrow=ncol)
 
 
 @torch.no_grad()
@@ -90,7 +90,7 @@ def plot_latent_manifold(model, image_shape, path, grid_size: int = 20) -> Path:
     p = torch.linspace(0.5 / grid_size, 1 - 0.5 / grid_size, grid_size, device=device)
     q = torch.distributions.Normal(0.0, 1.0).icdf(p)
     z = torch.stack(torch.meshgrid(q.flip(0), q, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
-    return _save_grid(model.decode(z), image_shape, path, nrow=grid_size)
+    return save_image_grid(model.decode(z), image_shape, path, nrow=grid_size)
 
 
 @torch.no_grad()
@@ -117,30 +117,7 @@ def plot_class_grid(model, image_shape, path, num_styles: int = 10) -> Path:
     (Kingma et al. 2014, figure 1; Sohn et al. 2015).
     """
     model.eval()
-    return _save_grid(model.sample_class_grid(num_styles), image_shape, path, nrow=num_styles)
-
-
-@torch.no_grad()
-def plot_quadrant_predictions(baseline, cvae, x, image_shape, path, num_images: int = 10,
-                              num_samples: int = 3) -> Path:
-    """Quadrant prediction (Sohn et al. 2015, figure 3): one column per test image.
-
-    Rows: the observed quadrants (the rest grey), the truth, the baseline's
-    prediction (pixel probabilities), then ``num_samples`` CVAE predictions
-    (means of p(y | x, z) for z ~ p(z | x)).
-
-    Args:
-        baseline, cvae: a :class:`pplvae.models.QuadrantBaseline` and a
-            :class:`pplvae.models.QuadrantCVAE` for the same quadrants.
-        x: (N, x_dim) whole images; the first ``num_images`` are shown.
-    """
-    baseline.eval()
-    cvae.eval()
-    x = x[:num_images]
-    x_obs, y = cvae.batch_args(x)
-    rows = [cvae.join(x_obs, torch.full_like(y, 0.5)), x, baseline.reconstruct(x_obs, y)]
-    rows += [cvae.join(x_obs, y_mean) for y_mean in cvae.predict(x_obs, num_samples)]
-    return _save_grid(torch.cat(rows), image_shape, path, nrow=len(x))
+    return save_image_grid(model.sample_class_grid(num_styles), image_shape, path, nrow=num_styles)
 
 
 def plot_elbo_curves(metrics: pd.DataFrame, path) -> Path:

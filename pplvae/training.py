@@ -12,31 +12,35 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import pyro
 import torch
+from pyro import poutine
 from torch import nn
+from torch.utils.data import DataLoader
 
-from pplvae.checkpoint import load_checkpoint, save_checkpoint, save_csv, save_json
+from pplvae.runs import (CHECKPOINT, CHECKPOINT_KEYS, CONFIG, METRICS, describe_changes, get_rng_state,
+                         load_checkpoint, resume_changes, run_lock, save_checkpoint, save_csv, save_json,
+                         set_rng_state)
 from pplvae.data import ImageData
+from pplvae.data.batches import batch_size_of, iterate_batches, num_datapoints
 from pplvae.data.images import binarize
 from pplvae.models import model_config
+from pplvae.models.protocol import check_model_guide
 from pplvae.objectives import KERNELS, OBJECTIVES, kl_warmup_weight, make_objective
 from pplvae.trace_elbo import FastTrace_ELBO
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.csv"
-CONFIG = "config.json"
 TRAIN_SUBSET_BINARIZATION_SEED = 1  # the train-side metrics' fixed binarization
 COMPILE_MODES = ("default", "reduce-overhead")
 
@@ -53,6 +57,8 @@ class TrainConfig:
             seed and config give the same numbers on the same machine.
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         eval_batch_size: datapoints per chunk when computing the test ELBO.
+        num_workers: worker processes of the ``DataLoader`` that :func:`fit`
+            makes for a ``Dataset`` (0: load in the training process).
         validate: Pyro's distribution and trace checks in every step; off by
             default since the data are checked once up front.
         objective: ``"elbo"`` (Trace_ELBO), ``"elbo-analytic"``
@@ -65,6 +71,9 @@ class TrainConfig:
         gradient: ``"standard"`` or ``"dreg"`` (doubly reparameterized, ``"iwae"`` only).
         mmd_weight: lambda, the per-datapoint weight of MMD^2 for ``"mmd"``.
         kernel: ``"gaussian"`` or ``"imq"``, the MMD kernel for ``"mmd"``.
+        max_skipped_steps: steps whose loss or gradient is NaN or infinite
+            that are skipped (no update) before training stops with
+            :class:`NonFiniteLossError`; 0 (default): the first one stops it.
         compile: train with :class:`CompiledLoss`: the loss recorded once as an
             operator graph and compiled by ``torch.compile`` (the same values
             and gradients to float rounding; compile time once, about 10 to
@@ -80,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 1000
+    num_workers: int = 0
     validate: bool = False
     objective: str = "elbo"
     beta: float = 1.0
@@ -87,11 +97,17 @@ class TrainConfig:
     num_particles: int = 1
     mmd_weight: float = 1000.0
     kernel: str = "gaussian"
+    max_skipped_steps: int = 0
     compile: bool = False
     compile_mode: str = "default"
     gradient: str = "standard"
 
     def __post_init__(self):
+        for name in ("learning_rate", "beta", "kl_warmup", "mmd_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}.")
+        if self.max_skipped_steps < 0:
+            raise ValueError(f"max_skipped_steps must be >= 0, got {self.max_skipped_steps}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.kernel not in KERNELS:
@@ -109,6 +125,8 @@ class TrainConfig:
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
         self.build_objective()  # raises ValueError on options that do not fit the objective
+        if int(self.num_workers) < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}.")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
@@ -143,15 +161,28 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged: a step's loss or gradient was NaN or infinite.
+
+    The message names the epoch, the step and, where a re-run of the step's
+    model and guide finds one, the sample site whose log-density is not
+    finite. The parameters are left as they were before the step and the last
+    checkpoint on disk is the last good one.
+    """
+
+
 class NegativeELBO(nn.Module):
     """The loss of one SVI step as a torch module: -ELBO per datapoint, in nats.
 
-    ``forward(*args)`` calls ``objective.differentiable_loss(model.model,
-    model.guide, *args)`` (a Pyro ELBO: summed over the minibatch) and divides
-    by the minibatch size ``args[0].shape[0]``, so gradients are per-datapoint
-    averages. Being an ``nn.Module`` that owns the model's parameters, it can
-    be wrapped in ``torch.nn.parallel.DistributedDataParallel`` unchanged for
-    data-parallel training under ``torchrun``.
+    ``forward(*args, **kwargs)`` calls ``objective.differentiable_loss(model.model,
+    model.guide, *args, **kwargs)`` (a Pyro ELBO: summed over the minibatch)
+    and divides by the minibatch size B (dim 0 of the first tensor argument),
+    so gradients are per-datapoint averages. Being an ``nn.Module`` that owns
+    the model's parameters, it can be wrapped in
+    ``torch.nn.parallel.DistributedDataParallel``.
+
+    Raises:
+        ValueError: no tensor among the arguments.
     """
 
     def __init__(self, model: nn.Module, objective=None):
@@ -159,9 +190,9 @@ class NegativeELBO(nn.Module):
         self.model = model
         self.objective = objective if objective is not None else FastTrace_ELBO()
 
-    def forward(self, *args) -> torch.Tensor:
-        loss = self.objective.differentiable_loss(self.model.model, self.model.guide, *args)
-        return loss / args[0].shape[0]
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        loss = self.objective.differentiable_loss(self.model.model, self.model.guide, *args, **kwargs)
+        return loss / batch_size_of(args, kwargs)
 
 
 class CompiledLoss(nn.Module):
@@ -204,7 +235,9 @@ class CompiledLoss(nn.Module):
     def _state(self) -> dict:
         return {**dict(self.loss.named_parameters()), **dict(self.loss.named_buffers())}
 
-    def forward(self, *args) -> torch.Tensor:
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        if kwargs:
+            raise ValueError("compile=True needs the model's arguments as positional ones (tensor or tuple items).")
         if self._compiled is None:
             start = time.perf_counter()
             from torch.fx.experimental.proxy_tensor import make_fx
@@ -225,19 +258,26 @@ class CompiledLoss(nn.Module):
 
 
 class Trainer:
-    """SVI for a model/guide pair: the config's objective, fused ``torch.optim.Adam``.
+    """SVI for a model/guide pair: an objective, fused ``torch.optim.Adam``, any data.
 
-    The model is a ``PyroModule`` with module-local parameters (the VAE and
-    its variants), so the optimiser holds ``model.parameters()`` directly and
-    nothing goes through Pyro's global parameter store.
+    The model is any object with ``model`` and ``guide`` methods and
+    ``parameters()`` (:class:`pplvae.models.protocol.ModelGuidePair`: a
+    ``PyroModule`` with module-local parameters, or a ``torch.nn.Module``
+    whose programs call ``pyro.module``); the optimiser holds
+    ``model.parameters()``.
 
     Args:
-        model: exposes ``model(*args)``, ``guide(*args)`` and
-            ``batch_args(x, labels) -> args``.
+        model: the model/guide pair.
         config: :class:`TrainConfig`.
-        objective: a Pyro ELBO (anything with ``differentiable_loss``);
-            default ``config.build_objective()``. Per-epoch split terms need
-            ``loss_terms`` (every :mod:`pplvae.objectives` objective has it).
+        objective: any Pyro ELBO (``Trace_ELBO``, ``TraceEnum_ELBO``,
+            ``TraceGraph_ELBO``, ``RenyiELBO``, ``TraceMeanField_ELBO``, one of
+            :mod:`pplvae.objectives`, a user's); default
+            ``config.build_objective()``. Objectives with
+            ``differentiable_loss`` take the step through it (no host sync);
+            the others through ``loss_and_grads`` on the programs scaled by
+            1/B. Per-epoch split terms come from ``loss_terms`` where the
+            objective has it (every :mod:`pplvae.objectives` objective does),
+            else the objective's own estimate of -loss.
 
     Adam is the fused implementation on the CPU and CUDA (one kernel for all
     parameters instead of a Python loop over them; the same update up to
@@ -248,98 +288,199 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
-        self.loss = NegativeELBO(self.model, objective if objective is not None else config.build_objective())
+        self.objective = objective if objective is not None else config.build_objective()
+        self.loss = NegativeELBO(self.model, self.objective)
+        self.differentiable = hasattr(self.objective, "differentiable_loss")
+        if config.compile and not self.differentiable:
+            raise ValueError(f"compile=True needs an objective with differentiable_loss; "
+                             f"{type(self.objective).__name__} has none.")
         self.step_loss = CompiledLoss(self.loss, config.compile_mode) if config.compile else self.loss
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
                                           fused=self.device.type in ("cpu", "cuda"))
         self.epoch = 0
         self.history: list[dict] = []
+        self.skipped_steps = 0
 
-    def step(self, *args) -> torch.Tensor:
-        """One SVI step on a minibatch; returns the detached -ELBO per datapoint (no host sync)."""
+    def step(self, *args, **kwargs) -> torch.Tensor:
+        """One SVI step on a minibatch; returns the detached -ELBO per datapoint.
+
+        Raises:
+            NonFiniteLossError: the loss or a gradient is NaN or infinite; no
+                update is made. Checking costs one host sync per step (on CUDA;
+                nothing on the CPU), the least that keeps NaN out of the weights.
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.step_loss(*args)
-        loss.backward()
+        if self.differentiable:
+            loss = self.step_loss(*args, **kwargs)
+            loss.backward()
+        else:
+            scale = 1.0 / batch_size_of(args, kwargs)
+            loss = torch.as_tensor(self.objective.loss_and_grads(
+                poutine.scale(self.model.model, scale), poutine.scale(self.model.guide, scale), *args, **kwargs))
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not (torch.isfinite(loss) & torch.isfinite(torch.nn.utils.get_total_norm(grads, float("inf")))):
+            what = "loss" if not torch.isfinite(loss) else "gradient"
+            raise NonFiniteLossError(f"the {what} is not finite (loss {loss.item():.4g} nats per datapoint)")
         self.optimizer.step()
         return loss.detach()
 
-    def train_epoch(self, data: ImageData, progress: bool = False) -> float:
-        """One pass over the training set; returns the mean of the objective per datapoint
+    def non_finite_site(self, *args, **kwargs) -> str | None:
+        """Re-run model and guide on the arguments once; name the first sample site whose value or
+        log-density is not finite (guide first), or None. Used only after a failed step."""
+        try:
+            with torch.no_grad(), pyro.validation_enabled(False):
+                guide = pyro.poutine.trace(self.model.guide).get_trace(*args, **kwargs)
+                model = pyro.poutine.trace(pyro.poutine.replay(self.model.model, trace=guide)).get_trace(
+                    *args, **kwargs)
+                for program, trace in (("guide", guide), ("model", model)):
+                    trace.compute_log_prob()
+                    for name, site in trace.nodes.items():
+                        if site["type"] == "sample" and not torch.isfinite(site["log_prob"]).all():
+                            return f"the log-density of sample site {name!r} of the {program} is not finite"
+        except Exception as error:  # a diagnosis only: the step has failed already
+            return f"re-running the step raised {type(error).__name__}"
+        return None
+
+    def batches(self, data, train: bool = True) -> Iterator[tuple[tuple, dict]]:
+        """``(args, kwargs)`` minibatches of one pass over ``data``, on the training device.
+
+        ``data`` is :class:`pplvae.ImageData` (the training split, shuffled and
+        dynamically binarized, or with ``train=False`` the test split in order;
+        arguments from ``model.batch_args(x, labels)`` where the model has it,
+        else ``(x,)``) or anything :func:`pplvae.data.batches.iterate_batches`
+        takes (``train=False``: in order).
+        """
+        size = self.config.batch_size if train else self.config.eval_batch_size
+        if isinstance(data, ImageData):
+            batch_args = getattr(self.model, "batch_args", lambda x, labels: (x,))
+            images = data.train_batches(size) if train else data.test_batches(size)
+            return ((batch_args(x, labels), {}) for x, labels in images)
+        return iterate_batches(data, size, shuffle=train, device=self.device, num_workers=self.config.num_workers)
+
+    def check(self, data) -> None:
+        """Run model and guide once on a few datapoints of ``data`` and check that they agree.
+
+        Raises:
+            ValueError: from :func:`pplvae.models.protocol.check_model_guide`
+                (the sites of model and guide differ), or an error of the
+                programs themselves on this data, before any step is taken.
+        """
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):  # no draw spent
+            args, kwargs = next(iter(self.batches(data)))
+            keep = min(4, batch_size_of(args, kwargs))
+            cut = lambda v: v[:keep] if isinstance(v, torch.Tensor) and v.dim() > 0 else v  # noqa: E731
+            check_model_guide(self.model.model, self.model.guide, *map(cut, args),
+                              **{k: cut(v) for k, v in kwargs.items()})
+
+    def train_epoch(self, data, progress: bool = False) -> float:
+        """One pass over the training data; returns the mean of the objective per datapoint
         over its steps (nats; the ELBO for ``"elbo"`` at beta 1). With ``kl_warmup``
         the objective's beta is set before every step."""
         from tqdm.auto import tqdm
 
         self.model.train()
-        batches = data.train_batches(self.config.batch_size)
-        total = torch.zeros((), device=self.device)
-        n = data.x_train.shape[0]
-        steps = -(-n // self.config.batch_size)
-        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}", leave=False, mininterval=1.0,
+        n = num_datapoints(data.x_train if isinstance(data, ImageData) else data)
+        steps = None if n is None or isinstance(data, DataLoader) else -(-n // self.config.batch_size)
+        if isinstance(data, DataLoader):
+            steps = len(data) if hasattr(data.dataset, "__len__") else None
+        bar = tqdm(self.batches(data), total=steps, desc=f"epoch {self.epoch + 1}", leave=False, mininterval=1.0,
                    disable=None if progress else True)  # None: no bar where stderr is not a terminal
+        total = torch.zeros((), device=self.device)
         seen = 0
-        for i, (x, labels) in enumerate(bar):
+        for i, (args, kwargs) in enumerate(bar):
             if self.config.kl_warmup > 0:
                 self.loss.objective.beta = self.config.beta_at(self.epoch + i / steps)
-            total += self.step(*self.model.batch_args(x, labels)) * x.shape[0]
-            seen += x.shape[0]
-            if progress and (i % 50 == 0 or i == steps - 1):
+            size = batch_size_of(args, kwargs)
+            try:
+                total += self.step(*args, **kwargs) * size
+            except NonFiniteLossError as error:
+                self.skipped_steps += 1
+                if self.skipped_steps <= self.config.max_skipped_steps:
+                    logger.warning("epoch %d, step %d: %s; step skipped", self.epoch + 1, i + 1, error)
+                    continue
+                site = self.non_finite_site(*args, **kwargs)
+                raise NonFiniteLossError(
+                    f"training diverged at epoch {self.epoch + 1}, step {i + 1}"
+                    + (f" of {steps}" if steps else "") + f": {error}"
+                    + (f"; {site}" if site else "") + ". The last good checkpoint is kept; lower the "
+                    "learning rate, or allow skipped steps (max_skipped_steps)."
+                ) from None
+            seen += size
+            if progress and i % 50 == 0:
                 bar.set_postfix(elbo=f"{-total.item() / seen:.2f}")
-        return -total.item() / n
+        return -total.item() / max(seen, 1)
 
     @torch.no_grad()
-    def evaluate(self, data: ImageData) -> float:
-        """The test set's ELBO per datapoint (nats), one sample of z per datapoint."""
-        return self.evaluate_terms(data.test_batches(self.config.eval_batch_size))["elbo"]
+    def evaluate(self, data) -> float:
+        """The test set's ELBO per datapoint (nats), one sample of z per datapoint; ``data``: as :meth:`batches`
+        with ``train=False`` (for :class:`pplvae.ImageData`, its test split)."""
+        return self.evaluate_terms(self.batches(data, train=False))["elbo"]
 
     @torch.no_grad()
     def evaluate_terms(self, batches) -> dict[str, float]:
-        """The objective's terms per datapoint over ``(x, labels)`` batches.
+        """The objective's terms per datapoint over ``(args, kwargs)`` batches.
 
-        Returns ``reconstruction`` (E_q log p(x|z), nats), ``kl`` (KL(q(z|x) ||
-        p(z)), nats, estimated as the objective does), ``mmd`` for the MMD
-        objective (MMD^2 of each batch against a prior sample, averaged over
-        batches weighted by size; unitless), ``total`` (the objective at the
-        current beta) and ``elbo`` = reconstruction - kl, one draw of z per
+        Where the objective has ``loss_terms`` (every :mod:`pplvae.objectives`
+        objective): ``reconstruction`` (E_q log p(x|z), nats), ``kl``
+        (KL(q(z|x) || p(z)), nats, estimated as the objective does), ``mmd`` for
+        the MMD objective (MMD^2 of each batch against a prior sample, averaged
+        over batches weighted by size; unitless), ``total`` (the objective at
+        the current beta) and ``elbo`` = reconstruction - kl, one draw of z per
         datapoint (K draws averaged for IWAE, whose ``total`` is the K-sample
-        bound).
+        bound). For other objectives ``total`` and ``elbo`` are both -loss per
+        datapoint, the objective's own estimate of its bound (nats).
         """
         self.model.eval()
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor | float] = {}
         n = 0
-        for x, labels in batches:
-            terms = self.loss.objective.loss_terms(self.model.model, self.model.guide, *self.model.batch_args(x, labels))
+        terms_of = getattr(self.objective, "loss_terms", None)
+        for args, kwargs in batches:
+            if terms_of is not None:
+                terms = terms_of(self.model.model, self.model.guide, *args, **kwargs)
+            else:
+                terms = {"total": -torch.as_tensor(self.objective.loss(self.model.model, self.model.guide,
+                                                                       *args, **kwargs))}
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
-            n += x.shape[0]
-        means = {key: value.item() / n for key, value in sums.items()}
-        return {**means, "elbo": means["reconstruction"] - means["kl"]}
+            n += batch_size_of(args, kwargs)
+        means = {key: float(value) / n for key, value in sums.items()}
+        elbo = means["reconstruction"] - means["kl"] if "kl" in means else means["total"]
+        return {**means, "elbo": elbo}
 
-    def epoch_metrics(self, data: ImageData) -> dict[str, float]:
-        """Split terms after an epoch, per datapoint: ``train_*`` on the first
-        ``len(x_test)`` training images (a fixed subset the size of the test
-        set, or all of a smaller training set; binarized once with a fixed
-        seed when the data are binarized, so train and test compare like for
-        like), ``test_*`` on the test set, and the ``beta`` in force at the end
-        of the epoch."""
+    def epoch_metrics(self, data, test_data=None) -> dict[str, float]:
+        """Split terms after an epoch, per datapoint, and the ``beta`` in force at its end.
+
+        For :class:`pplvae.ImageData`: ``train_*`` on the first ``len(x_test)``
+        training images (a fixed subset the size of the test set, or all of a
+        smaller training set; binarized once with a fixed seed when the data
+        are binarized, so train and test compare like for like), ``test_*`` on
+        its test split. For other data: ``test_*`` on ``test_data`` when given
+        (:meth:`evaluate_terms`); the train side is the epoch's running mean
+        (``train_elbo``, set by :func:`fit`).
+        """
         if self.config.kl_warmup > 0:
             self.loss.objective.beta = self.config.beta_at(self.epoch)
-        size = self.config.eval_batch_size
-        n = min(len(data.x_test), len(data.x_train))
-        x_train = data.x_train[:n]
-        if data.binarized:
-            x_train = binarize(x_train, torch.Generator(x_train.device).manual_seed(TRAIN_SUBSET_BINARIZATION_SEED))
-        y_train = None if data.y_train is None else data.y_train[:n]
-        train = self.evaluate_terms(
-            (x_train[i : i + size], None if y_train is None else y_train[i : i + size]) for i in range(0, n, size)
-        )
-        test = self.evaluate_terms(data.test_batches(size))
-        row = {f"train_{key}": value for key, value in train.items()}
-        row.update({f"test_{key}": value for key, value in test.items()})
-        row["beta"] = self.loss.objective.beta
+        row = {}
+        if isinstance(data, ImageData):
+            size = self.config.eval_batch_size
+            n = min(len(data.x_test), len(data.x_train))
+            x_train = data.x_train[:n]
+            if data.binarized:
+                x_train = binarize(x_train, torch.Generator(x_train.device).manual_seed(TRAIN_SUBSET_BINARIZATION_SEED))
+            y_train = None if data.y_train is None else data.y_train[:n]
+            subset = ImageData(data.name, x_train, y_train, x_train, y_train, data.image_shape)
+            row.update({f"train_{key}": value for key, value in
+                        self.evaluate_terms(self.batches(subset, train=False)).items()})
+            test_data = data
+        if test_data is not None:
+            row.update({f"test_{key}": value for key, value in
+                        self.evaluate_terms(self.batches(test_data, train=False)).items()})
+        if hasattr(self.objective, "beta"):
+            row["beta"] = self.objective.beta
         return row
 
     def state_dict(self) -> dict:
-        rng = {"pyro": pyro.util.get_rng_state(), "python": random.getstate()}
+        rng = get_rng_state()
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
@@ -355,100 +496,165 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
-        pyro.util.set_rng_state(state["rng"]["pyro"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
 
     def metrics(self) -> pd.DataFrame:
-        """Per-epoch metrics: epoch, train_elbo, test_elbo (nats per datapoint), the split terms
-        ``{train,test}_{reconstruction,kl[,mmd],total}`` (per datapoint), beta, seconds."""
-        columns = ["epoch", "train_elbo", "test_elbo"]
+        """Per-epoch metrics: epoch, train_elbo, test_elbo (nats per datapoint; test_elbo only with
+        test data), the split terms ``{train,test}_{reconstruction,kl[,mmd],total}`` (per
+        datapoint) where the objective has them, beta (where the objective has one), seconds."""
+        columns = ["epoch", "train_elbo"] + (["test_elbo"] if self.history and "test_elbo" in self.history[0] else [])
         for side in ("train", "test"):
             columns += [f"{side}_{key}" for key in ("reconstruction", "kl", "mmd", "total")
-                        if not self.history or f"{side}_{key}" in self.history[0]]
-        return pd.DataFrame(self.history, columns=columns + ["beta", "seconds"])
+                        if self.history and f"{side}_{key}" in self.history[0]]
+        columns += [c for c in ("beta", "seconds") if not self.history or c in self.history[0]]
+        return pd.DataFrame(self.history, columns=columns)
 
 
-def default_run_config(model: nn.Module, data: ImageData, config: TrainConfig) -> dict:
-    """The config saved with a run: the model's sizes, the data set and the training config."""
-    return {
-        "model": model_config(model),
-        "data": {"dataset": data.name, "binarized": data.binarized,
-                 "train_size": len(data.x_train), "test_size": len(data.x_test)},
-        "train": asdict(config),
-    }
+def default_run_config(model: nn.Module, data, config: TrainConfig) -> dict:
+    """The config saved with a run: the model's name and sizes, the data set and the training config."""
+    if isinstance(data, ImageData):
+        data_config = {"dataset": data.name, "binarized": data.binarized,
+                       "train_size": len(data.x_train), "test_size": len(data.x_test)}
+    else:
+        data_config = {"dataset": type(data).__name__, "train_size": num_datapoints(data)}
+    return {"model": model_config(model), "data": data_config, "train": asdict(config)}
 
 
 def fit(
     model: nn.Module,
-    data: ImageData,
-    config: TrainConfig,
+    data,
+    config: TrainConfig | None = None,
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = False,
     run_config: dict | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    *,
+    test_data=None,
+    objective=None,
 ) -> pd.DataFrame:
     """Fit ``model`` to ``data`` by SVI and return the per-epoch metrics.
 
-    After every epoch the test ELBO is computed and, when ``run_dir`` is given,
+    The contract (:class:`pplvae.models.protocol.ModelGuidePair`): ``model``
+    has ``model`` and ``guide`` methods, Pyro programs taking one minibatch's
+    arguments, and ``parameters()``; nothing else is required. Before the
+    first step both programs run once on a few datapoints and must sample the
+    same latent sites (:func:`pplvae.models.protocol.check_model_guide`).
+
+    After every epoch the metrics are computed and, when ``run_dir`` is given,
     ``checkpoint.pt`` (model, optimiser, epoch, RNG states, metrics so far) and
     ``metrics.csv`` are written atomically, so a crash or Ctrl-C leaves the last
     good checkpoint and the metrics so far. ``config.json`` holds
-    ``run_config`` (default: the training config) beside them.
+    ``run_config`` (default: :func:`default_run_config`) beside them.
 
     Args:
-        model: a model/guide pair such as :class:`pplvae.VAE`, already built
-            (seed torch with ``pyro.set_rng_seed(config.seed)`` before building
-            it for reproducible initial weights).
-        data: the data set, on any device (moved to the training device).
-        config: :class:`TrainConfig`.
+        model: a model/guide pair such as :class:`pplvae.VAE` or a user's,
+            already built (seed torch with ``pyro.set_rng_seed(config.seed)``
+            before building it for reproducible initial weights).
+        data: the training data: :class:`pplvae.ImageData` (its training
+            split, dynamically binarized where it is binarized, and its test
+            split for the test metrics; the arguments are
+            ``model.batch_args(x, labels)`` where the model has it, else
+            ``(x,)``), or tensors (a tensor, a tuple or a dict of tensors), a
+            ``torch.utils.data.Dataset`` or a ``DataLoader`` whose items are a
+            tensor, a tuple (positional arguments) or a dict (keyword
+            arguments) of the programs (:mod:`pplvae.data.batches`).
+        config: :class:`TrainConfig`; default ``TrainConfig()``.
         run_dir: folder for the checkpoint, metrics and config; None keeps
             everything in memory.
         resume: continue the run in ``run_dir`` from its checkpoint up to
-            ``config.epochs``; the result equals an uninterrupted run's.
+            ``config.epochs``; with data shuffled by pplvae (not a caller's
+            ``DataLoader`` with its own generator) the result equals an
+            uninterrupted run's. The model and data in ``run_config`` must be
+            the saved ones; training settings may change (more epochs, a new
+            learning rate), and the changes are listed under ``"history"`` in
+            ``config.json``.
         progress: show a tqdm progress bar with the running ELBO (on a terminal only).
         run_config: the JSON-ready config to save, ``{"model", "data", "train"}``;
             default: :func:`default_run_config`.
         on_epoch: called with each epoch's metrics row (with ``config.compile``, the
             first row also holds ``compile_seconds``, the one-off time of
             recording and compiling the loss, included in its ``seconds``).
+        test_data: data for the test metrics when ``data`` is not
+            :class:`pplvae.ImageData`, of the same kinds as ``data``.
+        objective: any Pyro ELBO instance (``TraceEnum_ELBO``,
+            ``TraceGraph_ELBO``, ``RenyiELBO``, ...); default: the one
+            ``config`` names.
 
     Returns:
         DataFrame with one row per epoch: ``epoch``, ``train_elbo``,
         ``test_elbo`` (nats per datapoint; higher is better), the objective's
-        split terms per datapoint (``train_reconstruction``, ``train_kl``,
-        ``train_mmd`` for the MMD objective, ``train_total``, and the same for
-        ``test``; see :meth:`Trainer.evaluate_terms`), ``beta`` and
-        ``seconds``. ``train_*`` are measured after the epoch on a fixed
-        subset of the training set as large as the test set.
+        split terms per datapoint where it has them (``train_reconstruction``,
+        ``train_kl``, ``train_mmd`` for the MMD objective, ``train_total``,
+        and the same for ``test``; see :meth:`Trainer.evaluate_terms`),
+        ``beta`` and ``seconds``. For :class:`pplvae.ImageData` ``train_*``
+        are measured after the epoch on a fixed subset of the training set as
+        large as the test set; for other data ``train_elbo`` is the mean of
+        the objective over the epoch's steps, and ``test_*`` need ``test_data``.
+
+    Writing ``run_dir`` holds its lock (:func:`pplvae.runs.run_lock`) throughout.
 
     Raises:
-        ValueError: the data's width does not match the model's ``x_dim``.
+        ValueError: the data's width does not match the model's ``x_dim``;
+            the model and guide sample different latent sites; on ``resume``,
+            another model, data set or seed than the saved run's, or
+            ``config.epochs`` below the epochs done.
+        TypeError: ``model`` lacks ``model``/``guide``, or data of an unknown kind.
         FileExistsError: ``run_dir`` holds a run and ``resume`` is False.
         FileNotFoundError: ``resume`` without a checkpoint in ``run_dir``.
+        pplvae.RunLockedError: another process is writing ``run_dir``.
+        pplvae.CheckpointError: the checkpoint to resume from is damaged or unsafe.
+        NonFiniteLossError: a loss or gradient went NaN or infinite (more than
+            ``config.max_skipped_steps`` times), or the epoch's ELBO did.
+        OSError: a file cannot be written (read-only folder, disk full).
     """
-    x_dim = getattr(getattr(model, "config", None), "x_dim", data.x_dim)
-    if x_dim != data.x_dim:
-        raise ValueError(
-            f"The model expects x_dim={x_dim} but {data.name} images have {data.x_dim} pixels; "
-            f"build the model with x_dim={data.x_dim}."
-        )
+    config = TrainConfig() if config is None else config
+    for method in ("model", "guide", "parameters"):
+        if not callable(getattr(model, method, None)):
+            raise TypeError(f"fit trains an object with model and guide methods and parameters() (a PyroModule); "
+                            f"{type(model).__name__} has no {method}.")
+    if isinstance(data, ImageData):
+        x_dim = getattr(getattr(model, "config", None), "x_dim", data.x_dim)
+        if x_dim != data.x_dim:
+            raise ValueError(
+                f"The model expects x_dim={x_dim} but {data.name} images have {data.x_dim} pixels; "
+                f"build the model with x_dim={data.x_dim}."
+            )
     run_dir = None if run_dir is None else Path(run_dir)
+    if resume and not (run_dir / CHECKPOINT).exists():
+        load_checkpoint(run_dir / CHECKPOINT)  # raises FileNotFoundError before the folder is made
+    with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
+        return _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, test_data, objective)
+
+
+def _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, test_data, objective) -> pd.DataFrame:
     if run_dir is not None and not resume and (run_dir / CHECKPOINT).exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder.")
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT) if resume else None
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT, keys=CHECKPOINT_KEYS) if resume else None
 
-    trainer = Trainer(model, config)
-    data = data.to(trainer.device)
+    trainer = Trainer(model, config, objective)
+    if isinstance(data, ImageData):
+        data = data.to(trainer.device)
     if checkpoint is not None:
+        saved = checkpoint.get("config") or {}
+        run_config = run_config if run_config is not None else {**saved, "train": asdict(config)}
+        changes = resume_changes(saved, run_config, checkpoint["epoch"]) if saved else {}
+        if changes:
+            entry = {"after_epoch": checkpoint["epoch"], "changes": {k: list(v) for k, v in changes.items()}}
+            run_config = {**run_config, "history": [*saved.get("history", []), entry]}
         trainer.load_state_dict(checkpoint)
-        logger.info("resuming %s after epoch %d", run_dir, trainer.epoch)
+        for group in trainer.optimizer.param_groups:  # the optimiser's state keeps the old rate
+            group["lr"] = config.learning_rate
+        logger.info("resuming %s after epoch %d%s", run_dir, trainer.epoch,
+                    f" with {describe_changes(changes)}" if changes else "")
     else:
         pyro.set_rng_seed(config.seed)
     if run_config is None:
         run_config = default_run_config(model, data, config)
+    with pyro.validation_enabled(config.validate):
+        trainer.check(data)
     if run_dir is not None:
         save_json(run_dir / CONFIG, run_config)
 
@@ -456,11 +662,18 @@ def fit(
     with pyro.validation_enabled(config.validate):
         while trainer.epoch < config.epochs:
             start = time.perf_counter()
-            trainer.train_epoch(data, progress)
+            train_elbo = trainer.train_epoch(data, progress)
             trainer.epoch += 1
-            row = dict(epoch=trainer.epoch, **trainer.epoch_metrics(data), seconds=time.perf_counter() - start)
+            metrics = trainer.epoch_metrics(data, test_data)
+            # ImageData's metrics hold train_elbo on a fixed training subset; other data keep the epoch's mean
+            row = {"epoch": trainer.epoch, "train_elbo": train_elbo, **metrics, "seconds": time.perf_counter() - start}
+            if not all(math.isfinite(row[k]) for k in ("train_elbo", "test_elbo") if k in row):
+                raise NonFiniteLossError(f"the ELBO after epoch {trainer.epoch} is not finite (train "
+                                         f"{row['train_elbo']}, test {row.get('test_elbo')}); the last good "
+                                         "checkpoint is kept.")
             trainer.history.append(row)
-            logger.info("epoch %(epoch)d: train ELBO %(train_elbo).2f, test ELBO %(test_elbo).2f nats", row)
+            logger.info("epoch %d: train ELBO %.2f, test ELBO %s nats", row["epoch"], row["train_elbo"],
+                        f"{row['test_elbo']:.2f}" if "test_elbo" in row else "-")
             if run_dir is not None:
                 save_checkpoint(run_dir / CHECKPOINT, {**trainer.state_dict(), "config": run_config})
                 save_csv(run_dir / METRICS, trainer.metrics())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pplvae import VAE, TrainConfig, VAEConfig, fit, load_checkpoint, load_dataset, load_run
-from pplvae.checkpoint import save_checkpoint
+from pplvae.runs import save_checkpoint
 
 SMALL = dict(z_dim=10, hidden_dims=(64,))
 

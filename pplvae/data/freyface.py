@@ -45,7 +45,7 @@ def load_freyface(
         :class:`ImageData` with x (N, 560) float32 and no labels.
 
     Raises:
-        DataNotFoundError: the file is missing or not a readable ``.mat`` with ``ff``.
+        DataNotFoundError: the file is missing or not a readable ``.mat`` with ``ff`` of shape (560, N).
     """
     file = Path(path) if path is not None else PACKAGED_FILE
     if file.is_dir():
@@ -57,6 +57,11 @@ def load_freyface(
             f"Could not read Frey Face from {file} ({type(error).__name__}: {error}). Pass the path "
             f"of frey_rawface.mat, or omit it to use the copy shipped in {PACKAGED_FILE}."
         ) from error
+    if getattr(ff, "ndim", 0) != 2 or ff.shape[0] != IMAGE_SHAPE[0] * IMAGE_SHAPE[1] or ff.dtype.kind not in "ui":
+        raise DataNotFoundError(
+            f"{file} holds ff of shape {getattr(ff, 'shape', '?')} and type {getattr(ff, 'dtype', '?')}; Frey Face "
+            f"is uint8 of shape ({IMAGE_SHAPE[0] * IMAGE_SHAPE[1]}, N), one {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} image per column."
+        )
     images = torch.from_numpy(ff.T.copy()).reshape(-1, *IMAGE_SHAPE)  # (1965, 28, 20) uint8
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
     test, train = images[order[:num_test]], images[order[num_test:]]

@@ -42,8 +42,8 @@ class ImageData:
             Bernoulli likelihoods) and the test set fixed-binarized.
 
     Raises:
-        ValueError: on tensors of the wrong rank or width, or pixels outside
-            [0, 1] or not finite (NaN, inf).
+        ValueError: on tensors of the wrong rank or width, pixels outside
+            [0, 1] or not finite (NaN, inf), or labels of another count than images.
     """
 
     name: str
@@ -64,6 +64,10 @@ class ImageData:
                     f"of {height}x{width}, got {tuple(x.shape)}; flatten images with "
                     f"x.reshape(len(x), -1)."
                 )
+            y = getattr(self, f"y_{split}")
+            if y is not None and len(y) != len(x):
+                raise ValueError(f"{self.name}: {len(y)} {split} labels for {len(x)} {split} images; "
+                                 f"the label and image files do not belong together.")
             bad = ~torch.isfinite(x)
             if bad.any():
                 raise ValueError(

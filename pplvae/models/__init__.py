@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 
 from pplvae.models.cvae import CVAE, CVAEConfig
 from pplvae.models.hvae import HVAE, HVAEConfig
 from pplvae.models.iaf import IAFVAE, IAFConfig
+from pplvae.models.protocol import ImageModel, ModelGuidePair, check_model_guide
 from pplvae.models.quadrant import QuadrantBaseline, QuadrantConfig, QuadrantCVAE
 from pplvae.models.vae import VAE, VAEConfig
 from pplvae.models.vampprior import VampPriorConfig, VampPriorVAE
@@ -28,8 +29,11 @@ def build_model(name: str, **config) -> VAE:
 
 
 def model_config(model) -> dict:
-    """A model's config as a JSON-ready dict, with its ``name``."""
-    return {"name": model.name, **asdict(model.config)}
+    """A model's config as a JSON-ready dict with its ``name``: the class name and no sizes for a model
+    without ``name`` or a dataclass ``config`` (a user's own pair)."""
+    config = getattr(model, "config", None)
+    sizes = asdict(config) if is_dataclass(config) and not isinstance(config, type) else {}
+    return {"name": getattr(model, "name", type(model).__name__), **sizes}
 
 
 __all__ = [
@@ -39,7 +43,9 @@ __all__ = [
     "HVAEConfig",
     "IAFConfig",
     "IAFVAE",
+    "ImageModel",
     "MODELS",
+    "ModelGuidePair",
     "QuadrantBaseline",
     "QuadrantCVAE",
     "QuadrantConfig",
@@ -48,5 +54,6 @@ __all__ = [
     "VampPriorConfig",
     "VampPriorVAE",
     "build_model",
+    "check_model_guide",
     "model_config",
 ]

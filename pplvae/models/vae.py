@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pyro
@@ -44,7 +45,7 @@ def check_data(x: torch.Tensor, x_dim: int, who: str) -> None:
     if x.dim() != 2 or x.shape[1] != x_dim:
         raise ValueError(
             f"{who} expects x of shape (N, x_dim={x_dim}), got {tuple(x.shape)}; flatten images "
-            f"with x.reshape(len(x), -1), or build the model with x_dim={x.shape[-1]}."
+            f"with x.reshape(len(x), -1), or build the model with x_dim={math.prod(x.shape[1:])}."
         )
 
 

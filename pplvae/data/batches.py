@@ -1,0 +1,160 @@
+"""Any data as minibatches of model arguments: tensors, tuples and dicts of tensors, Datasets, DataLoaders.
+
+:func:`pplvae.fit` calls ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)``
+on each minibatch. A minibatch becomes the programs' arguments by its type:
+
+* a tensor ``x`` (B, ...) -> ``model(x)``;
+* a tuple or list ``(x, y, ...)`` -> ``model(x, y, ...)`` (positional);
+* a dict ``{"x": x, "y": y}`` -> ``model(x=x, y=y)`` (keywords).
+
+Training data come as one of
+
+* tensors held whole (a tensor, a tuple of tensors, a dict of tensors, all
+  with the same leading size N): shuffled minibatches by index, on the
+  tensors' device, the fastest road for data that fit in memory;
+* a ``torch.utils.data.Dataset`` whose items are tensors, tuples or dicts:
+  a ``DataLoader`` with ``batch_size``, shuffling, ``num_workers`` and
+  ``pin_memory`` on CUDA, so data larger than memory stream from disk;
+* a ``torch.utils.data.DataLoader``: used as it is (its own batch size and order).
+
+Shuffling draws from torch's global random state (a ``DataLoader`` seeds
+its sampler and workers from it), so a seeded run is reproducible and a
+resumed one continues the same stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["Binarize", "batch_size_of", "iterate_batches", "num_datapoints", "to_arguments"]
+
+
+class Binarize:
+    """Dynamic binarization as a transform: pixels x in [0, 1] -> b ~ Bernoulli(x), a fresh draw per call.
+
+    For a ``Dataset``'s ``transform`` (e.g. torchvision's
+    ``Compose([ToTensor(), Binarize()])``), so that a Bernoulli likelihood
+    scores binary pixels as in Burda et al. (2016), section 5.2.
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> Binarize()(torch.tensor([0.0, 1.0, 1.0]))
+        tensor([0., 1., 1.])
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bernoulli(x)
+
+    def __repr__(self) -> str:
+        return "Binarize()"
+
+
+def to_arguments(batch: Any, device: torch.device | None = None) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of ``model``/``guide`` for one minibatch, tensors moved to ``device``.
+
+    Raises:
+        TypeError: a minibatch that is not a tensor, a tuple/list or a dict.
+    """
+    def move(value):
+        if device is not None and isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=value.is_pinned())
+        return value
+
+    if isinstance(batch, torch.Tensor):
+        return (move(batch),), {}
+    if isinstance(batch, Mapping):
+        return (), {key: move(value) for key, value in batch.items()}
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        return tuple(move(value) for value in batch), {}
+    raise TypeError(
+        f"A minibatch must be a tensor, a tuple of positional arguments or a dict of keyword arguments "
+        f"of the model, got {type(batch).__name__}."
+    )
+
+
+def batch_size_of(args: tuple, kwargs: dict) -> int:
+    """B, the leading size of the first tensor among the arguments.
+
+    Raises:
+        ValueError: no tensor argument.
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError("A minibatch needs a tensor argument whose dim 0 runs over its datapoints.")
+
+
+def _tensors(data) -> list[torch.Tensor] | None:
+    if isinstance(data, torch.Tensor):
+        return [data]
+    if isinstance(data, Mapping) and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return list(data.values())
+    if isinstance(data, (tuple, list)) and data and all(isinstance(v, torch.Tensor) for v in data):
+        return list(data)
+    return None
+
+
+def num_datapoints(data) -> int | None:
+    """N of training data of any kind accepted by :func:`iterate_batches`; None where unknown (an iterable Dataset)."""
+    tensors = _tensors(data)
+    if tensors is not None:
+        return tensors[0].shape[0]
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+def iterate_batches(
+    data,
+    batch_size: int,
+    shuffle: bool = True,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+) -> Iterator[tuple[tuple, dict]]:
+    """One pass over ``data`` as ``(args, kwargs)`` minibatches on ``device`` (see the module's docstring).
+
+    Args:
+        data: tensors (a tensor, tuple or dict of tensors of equal leading size),
+            a ``Dataset`` or a ``DataLoader``.
+        batch_size: datapoints per minibatch (not used for a ``DataLoader``).
+        shuffle: a random order (training) or the stored one (evaluation).
+        device: where the arguments go; None leaves them where they are.
+        num_workers: worker processes of the ``DataLoader`` made for a ``Dataset``.
+
+    Raises:
+        ValueError: tensors of different leading sizes.
+        TypeError: data of another kind.
+    """
+    tensors = _tensors(data)
+    if tensors is not None:
+        n = tensors[0].shape[0]
+        if any(t.shape[:1] != (n,) for t in tensors):
+            raise ValueError(f"The tensors of the data must share their leading size, got "
+                             f"{[tuple(t.shape) for t in tensors]}.")
+        order = torch.randperm(n, device=tensors[0].device) if shuffle else None
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            if isinstance(data, torch.Tensor):
+                batch = data[rows]
+            elif isinstance(data, Mapping):
+                batch = {key: value[rows] for key, value in data.items()}
+            else:
+                batch = tuple(value[rows] for value in data)
+            yield to_arguments(batch, device)
+        return
+    if isinstance(data, Dataset):
+        pin = device is not None and torch.device(device).type == "cuda"
+        data = DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, pin_memory=pin)
+    if not isinstance(data, DataLoader):
+        raise TypeError(
+            f"Training data must be tensors, a torch Dataset or a DataLoader (or pplvae's ImageData), "
+            f"got {type(data).__name__}."
+        )
+    for batch in data:
+        yield to_arguments(batch, device)
