@@ -15,7 +15,10 @@ import pytest
 import torch
 from pyro import poutine
 
-from pplvae import IAFConfig, IAFVAE, VAE, VAEConfig, VampPriorConfig, VampPriorVAE, build_model, log_marginal_likelihood
+from benchmarks import bdmc_bracket, priors_guides
+
+from pplvae import (IAFConfig, IAFVAE, VAE, TrainConfig, VAEConfig, VampPriorConfig, VampPriorVAE, build_model, fit,
+                    load_dataset, log_marginal_likelihood)
 from pplvae.active_units import active_units
 
 X_DIM, Z_DIM = 16, 3
@@ -115,3 +118,19 @@ def test_configs_reject_bad_sizes():
         small(VampPriorConfig, num_pseudo_inputs=0)
     with pytest.raises(ValueError, match="num_flows"):
         small(IAFConfig, num_flows=0)
+
+
+def test_benchmark_scripts_run_on_small_runs(tmp_path, data_dir):
+    """benchmarks/priors_guides.py and benchmarks/bdmc_bracket.py end to end on runs of 1 epoch on 200 images."""
+    data = load_dataset("mnist", data_dir, train_size=200, test_size=20)
+    runs = []
+    for name in ("vampprior", "iaf"):
+        model = build_model(name, x_dim=data.x_dim, z_dim=4, hidden_dims=[20])
+        fit(model, data, TrainConfig(epochs=1, batch_size=100, device="cpu"), tmp_path / name)
+        runs.append(str(tmp_path / name))
+    table = priors_guides.main([*runs, "--data-dir", str(data_dir), "--num-images", "10", "--num-samples", "20",
+                                "--au-samples", "3"])
+    assert list(table["model"]) == ["vampprior", "iaf"]
+    assert (table["elbo"] <= table["log_px"]).all() and (table["active_units"] <= 4).all()
+    bracket = bdmc_bracket.main([runs[0], "--num-images", "5", "--steps", "2", "4", "--num-chains", "2"])
+    assert list(bracket["num_steps"]) == [2, 4] and (bracket["seconds"] > 0).all()
