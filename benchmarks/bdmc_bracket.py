@@ -7,7 +7,7 @@ the mean lower and upper bounds, the mean width of the bracket and the wall
 time. The width bounds how far AIS with that T (and the guide's IS) can be from
 log p(x) on data like the model's own (Grosse et al. 2015; Wu et al. 2017).
 
-    python benchmarks/bdmc_bracket.py runs/mnist-vae --steps 10 100 1000 --num-chains 4
+    python -m benchmarks.bdmc_bracket runs/mnist-vae --steps 10 100 1000 --num-chains 4
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 import pyro
 import torch
 
+from benchmarks.report import row_line
 from pplvae import bidirectional_monte_carlo, load_run
 
 
@@ -46,8 +47,7 @@ def main(argv=None) -> pd.DataFrame:
         rows.append({"num_steps": num_steps, "num_chains": args.num_chains, "num_images": args.num_images,
                      "lower": bracket.lower.mean().item(), "upper": bracket.upper.mean().item(),
                      "width": bracket.width.mean().item(), "seconds": time.perf_counter() - start})
-        print(", ".join(f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
-                        for key, value in rows[-1].items()), flush=True)
+        print(row_line(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
     if args.out:
         table.to_csv(args.out, index=False)

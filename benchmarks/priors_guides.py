@@ -7,7 +7,7 @@ it) and counts the active units of the guide on the same images (Burda et al.
 2016: Var_x E_q[z_u | x] > 0.01; a flow guide's mean averaged over
 ``--au-samples`` draws). Nats per image.
 
-    python benchmarks/priors_guides.py runs/vae runs/vampprior runs/iaf --num-samples 1000
+    python -m benchmarks.priors_guides runs/vae runs/vampprior runs/iaf --num-samples 1000
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 import pyro
 import torch
 
+from benchmarks.report import row_line
 from pplvae import load_run, log_marginal_likelihood
 from pplvae.active_units import active_units
 
@@ -49,8 +50,7 @@ def main(argv=None) -> pd.DataFrame:
                      "elbo": result.bounds[1].mean().item(), "log_px": result.log_px.mean().item(),
                      "log_px_stderr": result.stderr, "active_units": sum(units.values()),
                      "num_samples": args.num_samples, "num_images": len(x)})
-        print(", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in rows[-1].items()),
-              flush=True)
+        print(row_line(rows[-1]), flush=True)
     table = pd.DataFrame(rows)
     if args.out:
         table.to_csv(args.out, index=False)
