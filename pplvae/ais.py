@@ -385,7 +385,7 @@ class _Path:
         self.initial_state = self.flatten({s["name"]: s["value"] for s in latent})
 
     def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """site -> (C, n, *shape) to (C, n, D), float64-free: the model's dtype."""
+        """site -> (C, n, *shape) to (C, n, D), in the values' dtype."""
         return torch.cat([values[name].reshape(self.num_chains, self.num_data, -1) for name in self.shapes], dim=-1)
 
     def unflatten(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -417,7 +417,7 @@ class _Path:
             return log_joint, log_prior
         return log_joint, self._log_density(self.guide, values)[1]
 
-    def value_and_grad(self, state: torch.Tensor, beta: torch.Tensor):
+    def value_and_grad(self, state: torch.Tensor, beta: float):
         """log p(x, z), log q_0(z|x) (C, n) and the gradient of log f_beta with respect to ``state`` (C, n, D)."""
         with torch.enable_grad():
             state = state.detach().requires_grad_(True)

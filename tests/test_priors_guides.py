@@ -132,5 +132,7 @@ def test_benchmark_scripts_run_on_small_runs(tmp_path, data_dir):
                                 "--au-samples", "3"])
     assert list(table["model"]) == ["vampprior", "iaf"]
     assert (table["elbo"] <= table["log_px"]).all() and (table["active_units"] <= 4).all()
-    bracket = bdmc_bracket.main([runs[0], "--num-images", "5", "--steps", "2", "4", "--num-chains", "2"])
+    bracket = bdmc_bracket.main([runs[0], "--num-images", "5", "--steps", "2", "4", "--num-chains", "2",
+                                 "--is-samples", "10"])
     assert list(bracket["num_steps"]) == [2, 4] and (bracket["seconds"] > 0).all()
+    assert (bracket["is_log_px"] < 0).all()
