@@ -43,6 +43,9 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import site_is_subsample
 
 from pplvae.fast_log_prob import FastLogProbMessenger
@@ -164,6 +167,13 @@ def log_marginal_likelihood(
     site of the model and nothing else. Any number of latent sites, extra
     arguments (labels, observed pixels) and any likelihood work alike.
 
+    Plate indices and scales: in every chunk the data plate yields the global
+    indices of the chunk's rows (``with pyro.plate("data", len(x)) as idx``
+    gives i for row i of the whole data, whatever the chunking), so guides with
+    per-datapoint parameters indexed by the plate are exact. ``poutine.scale``
+    factors are ignored (the result is log p(x) of the unscaled programs);
+    masks apply.
+
     Data layout: the first tensor among ``args`` (then ``kwargs``) fixes
     N = its ``shape[0]``, the size the data plate must have; every tensor
     argument whose leading size is N holds one row per datapoint and is sliced
@@ -239,7 +249,8 @@ def log_marginal_likelihood(
         >>> result.log_px  # log N(x; 0, 2)
         tensor([-1.2655, -2.2655], dtype=torch.float64)
     """
-    num_data, device = _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, validate)
+    num_data, device = _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, validate,
+                                        plate_name)
     if max_memory_bytes is None:
         max_memory_bytes = default_memory_budget(device)
     with torch.no_grad(), poutine.block():
@@ -258,6 +269,7 @@ def log_marginal_likelihood(
                                         max_plate_nesting=probe.max_plate_nesting)
         if compile:
             log_weights = _Compiled(log_weights)
+        indices = torch.arange(num_data, device=device)  # the data plate's indices, sliced per chunk
         with checks, FastLogProbMessenger():
             for start in range(0, num_data, n_chunk):
                 stop = min(start + n_chunk, num_data)
@@ -265,7 +277,7 @@ def log_marginal_likelihood(
                 acc = _StreamingWeights(group_sizes, tail_size)
                 for k_start in range(0, num_samples, k_chunk):
                     k = min(k_chunk, num_samples - k_start)
-                    log_w = log_weights(chunk_args, chunk_kwargs, k)  # (k, stop - start)
+                    log_w = log_weights(chunk_args, chunk_kwargs, indices[start:stop], k)  # (k, stop - start)
                     acc.update(log_w)
                     if progress is not None:
                         progress(k * (stop - start))
@@ -313,7 +325,8 @@ def default_memory_budget(device: torch.device | str) -> int:
     return CPU_MEMORY_BYTES_PER_THREAD * torch.get_num_threads()
 
 
-def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, validate) -> tuple[int, torch.device]:
+def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, validate,
+                     plate_name) -> tuple[int, torch.device]:
     """Check the estimator's arguments and all of the data; return N and the data's device."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
         raise ValueError(f"num_samples must be at least 1 and an integer, got {num_samples!r}.")
@@ -333,7 +346,8 @@ def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, 
             for start in range(0, num_data, 1024):
                 stop = min(start + 1024, num_data)
                 chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
-                model_trace, _ = _traces(model, guide, chunk_args, chunk_kwargs)
+                model_trace, _ = _traces(model, guide, chunk_args, chunk_kwargs, plate_name,
+                                         torch.arange(start, stop, device=device))
                 for name, site in model_trace.nodes.items():
                     if site["type"] == "sample" and site["is_observed"]:
                         ok = site["fn"].support.check(site["value"])
@@ -365,9 +379,39 @@ def _slice_data(args: tuple, kwargs: dict, num_data: int, start: int, stop: int)
     return tuple(cut(a) for a in args), {name: cut(v) for name, v in kwargs.items()}
 
 
-def _traces(model, guide, args, kwargs):
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+class _DataPlate(Messenger):
+    """Gives the plate ``plate_name`` the global indices of the chunk's rows, and refuses a subsampled one.
+
+    The estimator runs model and guide on slices of the data; a program that
+    indexes per-datapoint parameters by the plate's indices
+    (``with pyro.plate("data", len(x)) as idx: loc[idx]``) must see the rows'
+    places in the whole data, not 0, 1, ... in every chunk.
+    """
+
+    def __init__(self, plate_name: str, indices: torch.Tensor):
+        super().__init__()
+        self.plate_name, self.indices = plate_name, indices
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] != self.plate_name or not isinstance(msg["fn"], _Subsample):
+            return
+        fn = msg["fn"]
+        if fn.subsample_size is not None and fn.subsample_size != fn.size:
+            raise ValueError(
+                f"The plate {self.plate_name!r} is subsampled (subsample_size={fn.subsample_size} of "
+                f"{fn.size}); log_marginal_likelihood needs every datapoint of its arguments in the plate: "
+                f"build the plate without subsample_size or subsample (the estimator chunks the data itself)."
+            )
+        # (a value set already is the guide's, replayed into the model; a size other than the
+        # chunk's is named by the probe's size check)
+        if msg["value"] is None and fn.size == len(self.indices):
+            msg["value"] = self.indices.to(fn.device)
+
+
+def _traces(model, guide, args, kwargs, plate_name, indices):
+    with _DataPlate(plate_name, indices):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return model_trace, guide_trace
 
 
@@ -392,7 +436,7 @@ def _probe(model, guide, args, kwargs, num_data, plate_name) -> _Probe:
     """Run model and guide once on a few datapoints, check their structure and measure it."""
     n = min(num_data, _PROBE_SIZE)
     probe_args, probe_kwargs = _slice_data(args, kwargs, num_data, 0, n)
-    model_trace, guide_trace = _traces(model, guide, probe_args, probe_kwargs)
+    model_trace, guide_trace = _traces(model, guide, probe_args, probe_kwargs, plate_name, torch.arange(n))
     model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
     all_sites = [("model", s) for s in model_sites.values()] + [("guide", s) for s in guide_sites.values()]
     if not any(_data_frame(site, plate_name) for _, site in all_sites):
@@ -411,7 +455,9 @@ def _probe(model, guide, args, kwargs, num_data, plate_name) -> _Probe:
         if frame.dim is None:
             raise ValueError(f"The plate {plate_name!r} must be vectorized (give it a dim).")
         if frame.full_size is not None and frame.full_size != frame.size:
-            raise ValueError(f"The plate {plate_name!r} is subsampled; pass the data to evaluate instead.")
+            raise ValueError(f"The plate {plate_name!r} is subsampled ({frame.size} of {frame.full_size}); "
+                             "log_marginal_likelihood needs every datapoint of its arguments in the plate: "
+                             "build the plate without subsample_size or subsample.")
         if frame.size != n:
             raise ValueError(
                 f"The plate {plate_name!r} at site {site['name']!r} has size {frame.size} on a "
@@ -452,15 +498,16 @@ def _chunk_shape(num_samples, num_data, cell_bytes, max_memory_bytes) -> tuple[i
 
 
 class _Compiled:
-    """``log_weights(args, kwargs, k)`` recorded by ``make_fx`` and compiled, once per shape of its tensors and k."""
+    """``log_weights(args, kwargs, indices, k)`` recorded by ``make_fx`` and compiled, once per shape of its tensors and k."""
 
     def __init__(self, log_weights: Callable):
         self.log_weights = log_weights
         self.graphs: dict = {}
 
-    def __call__(self, args: tuple, kwargs: dict, num_particles: int) -> torch.Tensor:
+    def __call__(self, args: tuple, kwargs: dict, indices: torch.Tensor, num_particles: int) -> torch.Tensor:
         from torch.fx.experimental.proxy_tensor import make_fx
 
+        args = (*args, indices)  # the chunk's global indices are an input of the graph, not a constant
         names = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
         names += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
         tensors = [args[n] if isinstance(n, int) else kwargs[n] for n in names]
@@ -469,8 +516,8 @@ class _Compiled:
 
             def run(*tensors):
                 new = dict(zip(names, tensors))
-                a = tuple(new.get(i, value) for i, value in enumerate(args))
-                return self.log_weights(a, {k: new.get(k, v) for k, v in kwargs.items()}, num_particles)
+                *a, rows = tuple(new.get(i, value) for i, value in enumerate(args))
+                return self.log_weights(tuple(a), {k: new.get(k, v) for k, v in kwargs.items()}, rows, num_particles)
 
             devices = [t.device for t in tensors if t.device.type == "cuda"][:1]
             with torch.random.fork_rng(devices=devices):  # recording runs the program: keep its draws out
@@ -480,8 +527,8 @@ class _Compiled:
         return self.graphs[key](*tensors)
 
 
-def _log_weights(model, guide, args, kwargs, num_particles, plate_name, max_plate_nesting):
-    """log p(x_i, z_ki) - log q(z_ki | x_i) for z_ki ~ q: (num_particles, n)."""
+def _log_weights(model, guide, args, kwargs, indices, num_particles, plate_name, max_plate_nesting):
+    """log p(x_i, z_ki) - log q(z_ki | x_i) for z_ki ~ q: (num_particles, n); ``indices`` (n,) the rows' global places."""
     particle_dim = -(max_plate_nesting + 1)
 
     def vectorize(fn):
@@ -491,7 +538,7 @@ def _log_weights(model, guide, args, kwargs, num_particles, plate_name, max_plat
 
         return vectorized
 
-    model_trace, guide_trace = _traces(vectorize(model), vectorize(guide), args, kwargs)
+    model_trace, guide_trace = _traces(vectorize(model), vectorize(guide), args, kwargs, plate_name, indices)
     log_w = 0.0
     for sign, trace in ((1.0, model_trace), (-1.0, guide_trace)):
         trace.compute_log_prob()
@@ -501,8 +548,12 @@ def _log_weights(model, guide, args, kwargs, num_particles, plate_name, max_plat
 
 
 def _per_datapoint(site, plate_name, max_plate_nesting):
-    """A site's log-density summed over all dims but particles and data: (k or 1, n or 1)."""
-    log_p = site["log_prob"]
+    """A site's log-density summed over all dims but particles and data: (k or 1, n or 1).
+
+    Masks (``poutine.mask``, ``obs_mask``) apply; scale factors (``poutine.scale``) do not: the
+    estimate is of log p(x) of the unscaled programs.
+    """
+    log_p = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
     width = max_plate_nesting + 1
     log_p = log_p.reshape((1,) * (width - log_p.dim()) + log_p.shape)
     data_dim = width + _data_frame(site, plate_name).dim
