@@ -323,19 +323,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("train", "evaluate"):
             distributed.init_from_env()
         COMMANDS[args.command](args)
-    except torch.distributed.DistError as error:
-        if args.debug:
-            raise
-        print(f"pplvae {args.command}: error: rank {distributed.rank()} of {distributed.world_size()} lost "
-              f"another rank (it died or cannot be reached: {str(error).strip().splitlines()[0]}); the last "
-              f"good checkpoint is kept, continue with --resume.", file=sys.stderr)
-        return 3
     except USER_ERRORS as error:
         if args.debug:
             raise
         message = str(error).split("\nTrace Shapes:")[0].strip() or type(error).__name__  # no Pyro shape tables
         print(f"pplvae {args.command}: error: {message}", file=sys.stderr)
         return 1 if isinstance(error, NonFiniteLossError) else 2
+    except RuntimeError as error:
+        if args.debug or not distributed.is_lost_rank_error(error):
+            raise
+        print(f"pplvae {args.command}: error: rank {distributed.rank()} of {distributed.world_size()} lost "
+              f"another rank (it died or cannot be reached: {str(error).strip().splitlines()[0]}); "
+              + ("the last good checkpoint is kept, continue with --resume." if args.command == "train"
+                 else "nothing was written."), file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"\npplvae {args.command}: interrupted; the last good checkpoint and metrics.csv are kept "
               f"(continue with --resume).", file=sys.stderr)

@@ -44,7 +44,7 @@ DEFAULT_TIMEOUT_S = 600
 RANK_SEED_STRIDE = 1_000_003
 
 __all__ = ["all_reduce_sums", "barrier", "destroy", "gather_in_order", "init_from_env", "is_initialized",
-           "is_rank0", "launched_by_torchrun", "local_device", "rank", "rank_seed", "shard_batches",
+           "is_lost_rank_error", "is_rank0", "launched_by_torchrun", "local_device", "rank", "rank_seed", "shard_batches",
            "shard_range", "world_size"]
 
 
@@ -107,6 +107,19 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     logger.info("rank %d of %d joined the group (%s)", rank(), world_size(), backend)
     return True
+
+
+def is_lost_rank_error(error: BaseException) -> bool:
+    """Whether ``error`` says that a collective failed because another rank died or cannot be reached.
+
+    ``torch.distributed.DistError`` (NCCL, timeouts), or gloo's ``RuntimeError``
+    ("Connection reset by peer", "Connection closed by peer", "Timed out"), raised in a process group.
+    """
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return is_initialized() and isinstance(error, RuntimeError) and "gloo" in text and (
+        "Connection" in text or "Timed out" in text or "timed out" in text)
 
 
 def destroy() -> None:
