@@ -156,8 +156,9 @@ def measure(x_train: torch.Tensor, net_name: str, batch_size: int, args, device:
 
 def summarize(raw: pd.DataFrame) -> pd.DataFrame:
     """Medians per contender and the median within-repeat ratio to the floor."""
-    floor = raw[raw.contender == FLOOR].set_index(["net", "batch_size", "repeat"])[["wall_ms", "cpu_ms"]]
-    raw = raw.join(floor, on=["net", "batch_size", "repeat"], rsuffix="_floor")
+    keys = ["net", "batch_size", "repeat"]
+    floor = raw[raw.contender == FLOOR][keys + ["wall_ms", "cpu_ms"]]
+    raw = raw.merge(floor, on=keys, suffixes=("", "_floor"))
     raw["ratio"] = raw.wall_ms / raw.wall_ms_floor
     raw["cpu_ratio"] = raw.cpu_ms / raw.cpu_ms_floor
     summary = raw.groupby(["net", "batch_size", "contender"], sort=False)[

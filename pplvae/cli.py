@@ -23,6 +23,7 @@ import torch
 
 from pplvae import distributed
 from pplvae.data import DATASETS, IMAGE_SHAPES, load_dataset
+from pplvae.marginal import CPU_MEMORY_BYTES_PER_THREAD, CUDA_MEMORY_BYTES
 from pplvae.evaluation import EVALUATION, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh")
     train.add_argument("--likelihood", choices=sorted(DECODERS),
                        help="default: bernoulli for mnist (binarized), gaussian for freyface")
-    train.add_argument("--epochs", type=int, default=10, help="total epochs (also when resuming)")
+    train.add_argument("--epochs", type=int, default=10, help="total epochs (also when resuming; default 10)")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
     train.add_argument("--seed", type=int, default=0)
@@ -140,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=SPLITS, default="test")
     evaluate.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N images of the split")
     evaluate.add_argument("--max-memory-mb", type=_positive_float,
-                          help="memory budget per chunk, MiB (default: 64 per torch thread on a CPU, up to 4096 on a GPU)")
+                          help=f"memory budget per chunk, MiB (default: {CPU_MEMORY_BYTES_PER_THREAD // 2**20} per torch thread "
+                               f"on a CPU, up to {CUDA_MEMORY_BYTES // 2**20} on a GPU)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -452,7 +452,7 @@ class Trainer:
         seen = 0
         for i, (args, kwargs) in enumerate(bar):
             if self.config.kl_warmup > 0:
-                self.loss.objective.beta = self.config.beta_at(self.epoch + i / steps)
+                self.loss.objective.beta = self.config.beta_at(self.epoch + (i / steps if steps else 0.0))
             size = batch_size_of(args, kwargs)
             try:
                 total += self.step(*args, **kwargs) * size

@@ -89,12 +89,13 @@ def test_speed_script_writes_its_tables(tmp_path, data_dir):
     assert "pplvae / torch" in out
     summary = pd.read_csv(tmp_path / "speed.csv")
     assert set(summary.contender) == {"pplvae", "torch", "torch, Adam defaults", "pyro recipe"}
-    assert (summary.wall_ms > 0).all()
+    ratios = summary[summary.contender == "pplvae"].ratio  # the within-repeat ratio to the floor, as reported
+    assert len(ratios) == 1 and 0.2 < ratios.item() < 20
     assert (tmp_path / "speed.md").exists() and (tmp_path / "speed.png").exists()
 
 
 def test_quality_script_writes_its_tables(tmp_path, data_dir):
-    k = "8" if hasattr(pplvae, "log_marginal_likelihood") else "0"
+    k = "8"
     out = run_benchmark("quality", "--schedule", "constant", "--epochs", "1", "--batch-size", "50",
                         "--train-size", "200", "--test-size", "20", "--num-samples", k,
                         "--freyface-epochs", "1", "--device", "cpu", "--data-dir", str(data_dir),

@@ -185,3 +185,16 @@ def test_shipped_vae_is_plain_pyro():
             assert type(p) is dist.Independent and type(p.base_dist) is dist.Bernoulli
     trace = poutine.trace(vae.model).get_trace(torch.zeros(5, 12))
     assert type(trace.nodes["z"]["fn"].base_dist) is dist.Normal
+
+
+def test_readme_snippet_is_the_code_of_vae_py():
+    """The README shows the model and guide that run, line for line (comments aside)."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    snippet = re.search(r"```python\n(class VAE\(PyroModule\):.*?)```", (repo / "README.md").read_text(), re.S)[1]
+    source = (repo / "pplvae" / "models" / "vae.py").read_text()
+    lines = [line.split("#")[0].rstrip() for line in snippet.splitlines()]
+    for line in filter(None, lines):
+        assert line in source, line

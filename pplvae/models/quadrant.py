@@ -157,8 +157,7 @@ class QuadrantCVAE(_QuadrantModel):
 
     ``pplvae train --model quadrant-cvae`` fits it alone, with the baseline
     left at its random initial weights; the paper's protocol (baseline
-    first, then the CVAE started from it) is ``pplvae quadrants``
-    (:func:`pplvae.quadrant_experiment.run_quadrant_experiment`).
+    first, then the CVAE started from it) is ``examples/cvae_quadrants.py``.
 
     Example:
         >>> cvae = QuadrantCVAE(QuadrantConfig(x_dim=784, observed_quadrants=3))
