@@ -87,6 +87,10 @@ def evaluate_run(
         raise ValueError(f"max_examples must be a positive number of images, got {max_examples}.")
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+    if distributed.is_initialized():
+        from pplvae.training import resolve_device  # training writes runs: imported here, not at the top
+
+        device = distributed.local_device(resolve_device(device))  # "cuda" is the rank's own GPU
     run = load_run(run_dir, device)
     data = run.load_data(data_dir, download)
     x, labels = _split(data, split)

@@ -803,6 +803,7 @@ def _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, t
             if run_dir is not None:
                 distributed.barrier()  # the others wait until rank 0 has written
             if on_epoch is not None:
-                compiled_now = isinstance(trainer.step_loss, CompiledLoss) and trainer.epoch == first_epoch + 1
-                on_epoch({**row, "compile_seconds": trainer.step_loss.compile_seconds} if compiled_now else row)
+                compiled = getattr(trainer.step_loss, "module", trainer.step_loss)  # inside DDP in a group
+                compiled_now = isinstance(compiled, CompiledLoss) and trainer.epoch == first_epoch + 1
+                on_epoch({**row, "compile_seconds": compiled.compile_seconds} if compiled_now else row)
     return trainer.metrics()

@@ -4,9 +4,10 @@ Modes (the first argument):
 
 * ``fit OUT MODEL BATCH EPOCHS [RUN_DIR [resume]]``: fit MODEL (``fixed``:
   :class:`FixedNoiseGaussian`, whose noise is a function of the datapoint's
-  index; ``vae``: a small VAE on dynamically binarized data, drawing from
-  each rank's random stream) and, on rank 0, save the final weights and
-  metrics to OUT;
+  index, on tensors; ``fixed-dataset``: the same on a ``TensorDataset``;
+  both with the first 11 datapoints as test data; ``vae``: a small VAE on
+  dynamically binarized data, drawing from each rank's random stream) and,
+  on rank 0, save the final weights and metrics to OUT;
 * ``estimate OUT SEED``: :func:`pplvae.evaluation.sharded_log_marginal_likelihood`
   of a small VAE, rank 0 saving the per-datapoint results to OUT;
 * ``cli ARGS...``: ``pplvae.cli.main(ARGS)``; with ``PPLVAE_TEST_KILL_RANK``
@@ -27,6 +28,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import nn
+from torch.utils.data import TensorDataset
 
 X_DIM, Z_DIM, N = 6, 2, 256
 
@@ -84,15 +86,20 @@ def run_fit(out, model_kind, batch_size, epochs, run_dir=None, resume=None):
     from pplvae import TrainConfig, distributed, fit
 
     distributed.init_from_env()
-    if model_kind == "fixed":
+    test_data = None
+    if model_kind.startswith("fixed"):
         pyro.set_rng_seed(0)
         model, data = FixedNoiseGaussian(), fixed_data()
+        test_data = tuple(t[:11] for t in data)
+        if model_kind == "fixed-dataset":
+            data, test_data = TensorDataset(*data), TensorDataset(*test_data)
     else:
         model, data = small_vae(), binary_images()
     config = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), learning_rate=0.01, device="cpu")
-    metrics = fit(model, data, config, run_dir, resume=resume == "resume")
+    metrics = fit(model, data, config, run_dir, resume=resume == "resume", test_data=test_data)
     if distributed.is_rank0():
-        torch.save({"model": model.state_dict(), "train_elbo": torch.tensor(metrics["train_elbo"].to_numpy())}, out)
+        torch.save({"model": model.state_dict(), **{key: torch.tensor(metrics[key].to_numpy())
+                                                    for key in ("train_elbo", "test_elbo") if key in metrics}}, out)
     distributed.destroy()
 
 
