@@ -213,7 +213,8 @@ def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> s
     return slice(start, start + base + (rank_ < extra))
 
 
-def shard_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+def shard_batches(n: int, batch_size: int, seed: int, epoch: int, rank_: int | None = None,
+                  world: int | None = None) -> Iterator[torch.Tensor]:
     """This rank's row indices (CPU, int64) for each step of an epoch over ``n`` datapoints.
 
     A ``torch.utils.data.DistributedSampler(shuffle=True, seed=seed)`` with
@@ -224,9 +225,12 @@ def shard_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[to
     ``batch_size`` (B). Step s of all ranks together therefore covers the
     global minibatch ``perm[s*B*W : (s+1)*B*W]``: 2 ranks at B = 64 see the
     minibatches of 1 rank at B = 128. Every rank takes the same number of
-    steps, ceil(ceil(n / W) / B).
+    steps, ceil(ceil(n / W) / B). ``rank_`` and ``world`` default to this
+    process's rank and the group's size.
     """
-    sampler = DistributedSampler(range(n), num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed)
+    rank_ = rank() if rank_ is None else rank_
+    world = world_size() if world is None else world
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank_, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)
     rows = torch.tensor(list(sampler), dtype=torch.int64)
     return iter(rows.split(batch_size))

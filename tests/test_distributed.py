@@ -42,6 +42,23 @@ def torchrun(nproc: int, *args, env: dict | None = None, check: bool = True) -> 
     return done
 
 
+def test_the_ranks_shares_of_a_step_are_one_rank_s_minibatch():
+    """Step s of 2 ranks at batch B covers the rows of step s of 1 rank at 2B, every rank the same
+    number of steps; a new epoch is a new permutation; 1 rank sees every row once."""
+    from pplvae.distributed import shard_batches
+
+    for n in (256, 250, 7):
+        one = list(shard_batches(n, 128, seed=3, epoch=1, rank_=0, world=1))
+        two = [list(shard_batches(n, 64, seed=3, epoch=1, rank_=r, world=2)) for r in range(2)]
+        assert torch.equal(torch.cat(one).sort().values, torch.arange(n))
+        assert len(two[0]) == len(two[1]) == len(one)
+        for step, rows in enumerate(one):
+            shared = torch.cat([two[0][step], two[1][step]]).unique()
+            padded = torch.cat([rows, torch.cat(one)[: len(two[0][step]) + len(two[1][step]) - len(rows)]])
+            assert set(shared.tolist()) <= set(padded.tolist()) and set(rows.tolist()) <= set(shared.tolist())
+    assert not torch.equal(next(shard_batches(256, 128, 3, 1, 0, 1)), next(shard_batches(256, 128, 3, 2, 0, 1)))
+
+
 def test_two_ranks_at_batch_64_equal_one_process_at_batch_128(tmp_path):
     """The definition of correct data parallelism: same global minibatches, same updates.
 
