@@ -109,3 +109,11 @@ def test_bad_pixels_are_rejected(bad, match):
 def test_wrong_width_is_rejected():
     with pytest.raises(ValueError, match=r"shape \(N, 6\)"):
         ImageData("toy", torch.rand(4, 5), None, torch.rand(2, 6), None, (2, 3))
+
+
+def test_binarize_transform_is_public_as_the_docs_name_it():
+    """``pplvae.data.Binarize`` (docs/writing_models.md, examples/) is the transform of ``pplvae.data.batches``."""
+    from pplvae.data import Binarize
+    from pplvae.data.batches import Binarize as Defined
+
+    assert Binarize is Defined and Binarize()(torch.tensor([0.0, 1.0])).tolist() == [0.0, 1.0]

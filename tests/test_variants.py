@@ -211,7 +211,8 @@ def test_command_line_trains_each_variant_on_mnist(name, data_dir, tmp_path, cap
     assert (out / "class_samples.png").exists() == (name == "cvae")
 
 
-@pytest.mark.parametrize("script", ["cvae_mnist.py", "hvae_mnist.py", "cvae_quadrants.py"])
+@pytest.mark.parametrize("script", ["cvae_mnist.py", "hvae_mnist.py", "cvae_quadrants.py", "conv_vae_mnist.py",
+                                    "m2_semisupervised.py"])
 def test_example_scripts_run(script, data_dir, tmp_path, monkeypatch, capsys):
     """Each example as ``python examples/SCRIPT`` with tiny flags, in this process (no second torch import)."""
     import runpy
@@ -220,11 +221,14 @@ def test_example_scripts_run(script, data_dir, tmp_path, monkeypatch, capsys):
 
     flags = ["--epochs", "1", "--train-size", "300", "--test-size", "20", "--num-samples", "5", "--device", "cpu"]
     flags += ["--observed", "3"] if script == "cvae_quadrants.py" else []
+    flags += ["--labels-per-class", "5"] if script == "m2_semisupervised.py" else []  # 50 labelled, 250 not
     path = Path(__file__).resolve().parents[1] / "examples" / script
     monkeypatch.setattr(sys, "argv", [str(path), *flags, "--data-dir", str(data_dir), "--out", str(tmp_path / "run")])
     runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert "log_px" in out or "quadrants.csv" in out
+    if script == "m2_semisupervised.py":
+        assert "50 labelled and 250 unlabelled" in out and "test classification error" in out
     if script == "cvae_quadrants.py":  # Sohn et al.'s table and pictures, beside Pyro's tutorial numbers
         import pandas as pd
 

@@ -7,6 +7,7 @@ import os
 import torch
 
 from pplvae.data import freyface, mnist
+from pplvae.data.batches import Binarize
 from pplvae.data.freyface import load_freyface
 from pplvae.data.images import ImageData, binarize
 from pplvae.data.mnist import load_mnist
@@ -75,6 +76,7 @@ def load_dataset(
 
 
 __all__ = [
+    "Binarize",
     "DATASETS",
     "DataNotFoundError",
     "IMAGE_SHAPES",
