@@ -59,3 +59,9 @@ def markdown_machine(info: dict) -> str:
     """The machine dict as a bullet list."""
     return "\n".join(f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}"
                      for key, value in info.items())
+
+
+def row_line(row: dict, floatfmt: str = ".2f") -> str:
+    """One result row as ``key value, key value``, floats formatted: progress lines of a long benchmark."""
+    return ", ".join(f"{key} {value:{floatfmt}}" if isinstance(value, float) else f"{key} {value}"
+                     for key, value in row.items())

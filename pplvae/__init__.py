@@ -11,10 +11,24 @@ import pyro
 
 pyro.settings.set(module_local_params=True)
 
+from pplvae.ais import AISResult, BDMCResult, annealed_importance_sampling, bidirectional_monte_carlo  # noqa: E402
 from pplvae.data import DataNotFoundError, ImageData, load_dataset  # noqa: E402
 from pplvae.fast_log_prob import FastLogProbMessenger  # noqa: E402
 from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood  # noqa: E402
-from pplvae.models import CVAE, HVAE, MODELS, VAE, CVAEConfig, HVAEConfig, VAEConfig, build_model  # noqa: E402
+from pplvae.models import (  # noqa: E402
+    CVAE,
+    HVAE,
+    MODELS,
+    VAE,
+    CVAEConfig,
+    HVAEConfig,
+    IAFConfig,
+    IAFVAE,
+    VAEConfig,
+    VampPriorConfig,
+    VampPriorVAE,
+    build_model,
+)
 from pplvae.objectives import OBJECTIVES, kl_warmup_weight, make_objective, mmd, scale_latents  # noqa: E402
 from pplvae.runs import CheckpointError, Run, RunLockedError, load_checkpoint, load_run, save_checkpoint  # noqa: E402
 from pplvae.trace_elbo import FastTrace_ELBO  # noqa: E402
@@ -23,6 +37,8 @@ from pplvae.training import NegativeELBO, NonFiniteLossError, TrainConfig, Train
 __version__ = "0.1.0"
 
 __all__ = [
+    "AISResult",
+    "BDMCResult",
     "CVAE",
     "CVAEConfig",
     "CheckpointError",
@@ -31,6 +47,8 @@ __all__ = [
     "FastTrace_ELBO",
     "HVAE",
     "HVAEConfig",
+    "IAFConfig",
+    "IAFVAE",
     "ImageData",
     "MODELS",
     "MarginalLikelihood",
@@ -43,6 +61,10 @@ __all__ = [
     "Trainer",
     "VAE",
     "VAEConfig",
+    "VampPriorConfig",
+    "VampPriorVAE",
+    "annealed_importance_sampling",
+    "bidirectional_monte_carlo",
     "build_model",
     "fit",
     "kl_warmup_weight",

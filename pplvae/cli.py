@@ -1,8 +1,15 @@
-"""The ``pplvae`` command: train, sample, reconstruct, evaluate. Thin: it parses flags and calls the library."""
+"""The ``pplvae`` command: train, sample, reconstruct, evaluate. Thin: it parses flags and calls the library.
+
+``train`` and ``evaluate`` run data-parallel when started by ``torchrun``
+(``torchrun --standalone --nproc_per_node=N -m pplvae train ...``): every rank
+joins the group (:func:`pplvae.distributed.init_from_env`), and rank 0 alone
+prints and writes the run folder.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -14,13 +21,14 @@ from pathlib import Path
 import pyro
 import torch
 
+from pplvae import distributed
 from pplvae.burda_protocol import BURDA_MODELS, run_burda_protocol
 from pplvae.data import DATASETS, IMAGE_SHAPES, load_dataset
 from pplvae.marginal import CPU_MEMORY_BYTES_PER_THREAD, CUDA_MEMORY_BYTES
-from pplvae.evaluation import EVALUATION, SPLITS, evaluate_run
+from pplvae.evaluation import ESTIMATORS, EVALUATION, EVALUATION_AIS, SPLITS, evaluate_run
 from pplvae.models import MODELS, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
-from pplvae.objectives import KERNELS, OBJECTIVES
+from pplvae.objectives import GRADIENTS, KERNELS, OBJECTIVES
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
 from pplvae.runs import (CHECKPOINT, RunError, describe_changes, load_checkpoint, load_run, read_run_config,
                          resume_changes, run_lock)
@@ -39,7 +47,7 @@ RESUME_FLAGS = {
     "seed": ("train", "seed"), "objective": ("train", "objective"), "beta": ("train", "beta"),
     "kl_warmup": ("train", "kl_warmup"), "num_particles": ("train", "num_particles"),
     "mmd_weight": ("train", "mmd_weight"), "kernel": ("train", "kernel"), "device": ("train", "device"),
-    "compile": ("train", "compile"), "compile_mode": ("train", "compile_mode"),
+    "compile": ("train", "compile"), "compile_mode": ("train", "compile_mode"), "gradient": ("train", "gradient"),
     "adam_eps": ("train", "adam_eps"), "adam_betas": ("train", "adam_betas"),
     "lr_schedule": ("train", "lr_schedule"), "lr_step_size": ("train", "lr_step_size"),
     "lr_gamma": ("train", "lr_gamma"), "lr_min": ("train", "lr_min"), "clip_norm": ("train", "clip_norm"),
@@ -123,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
                        help="raise beta linearly from 0 over this many epochs")
     train.add_argument("--num-particles", type=int, default=1, metavar="K", help="samples of z per datapoint")
+    train.add_argument("--gradient", choices=GRADIENTS, default="standard",
+                       help="gradient estimator for --objective iwae: standard or dreg (doubly reparameterized)")
     train.add_argument("--mmd-weight", type=float, default=1000.0, metavar="LAMBDA",
                        help="per-datapoint weight of MMD^2 for --objective mmd")
     train.add_argument("--kernel", choices=KERNELS, default="gaussian", help="MMD kernel for --objective mmd")
@@ -153,9 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--device", default="auto")
     _add_data_flags(recon)
 
-    evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling")
+    evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling or AIS")
     evaluate.add_argument("run", type=_path)
-    evaluate.add_argument("--num-samples", type=_positive_int, default=5000, help="K, importance samples per image")
+    evaluate.add_argument("--estimator", choices=ESTIMATORS, default="is",
+                          help="is: importance sampling from the guide; ais: annealed importance sampling with HMC")
+    evaluate.add_argument("--num-samples", type=_positive_int, default=5000, help="K, importance samples per image (is)")
+    evaluate.add_argument("--num-steps", type=_positive_int, default=500, metavar="T", help="annealing steps (ais)")
+    evaluate.add_argument("--num-chains", type=_positive_int, default=16, metavar="C", help="AIS chains per image (ais)")
+    evaluate.add_argument("--initial", choices=("guide", "prior"), default="guide",
+                          help="AIS's distribution at beta = 0 (ais; prior for flow guides, whose density inverts the flow)")
     evaluate.add_argument("--split", choices=SPLITS, default="test")
     evaluate.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N images of the split")
     evaluate.add_argument("--max-memory-mb", type=_positive_float,
@@ -198,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(*args, **kwargs) -> None:
+    """``print`` on rank 0 (or the only process); nothing on the other ranks."""
+    if distributed.is_rank0():
+        print(*args, **kwargs)
+
+
+def _writer_lock(run_dir: Path):
+    """The run folder's lock on rank 0, which writes it; nothing on the other ranks."""
+    return run_lock(run_dir) if distributed.is_rank0() else contextlib.nullcontext()
+
+
 def train(args: argparse.Namespace) -> None:
     run_dir = args.out or Path("runs") / f"{args.dataset}-{args.model}"
     if not args.resume:
@@ -205,7 +232,7 @@ def train(args: argparse.Namespace) -> None:
         return
     if not (run_dir / CHECKPOINT).exists():
         load_checkpoint(run_dir / CHECKPOINT)  # the clear FileNotFoundError, before any folder is made
-    with run_lock(run_dir):  # held before the run is read
+    with _writer_lock(run_dir):  # held before the run is read
         saved, epochs_done = read_run_config(run_dir)
         run_config = {section: dict(value) if isinstance(value, dict) else value for section, value in saved.items()}
         for flag in args.given & set(RESUME_FLAGS):
@@ -214,7 +241,7 @@ def train(args: argparse.Namespace) -> None:
         if "likelihood" in args.given:
             run_config["data"]["binarized"] = args.likelihood == "bernoulli"
         changes = resume_changes(saved, run_config, epochs_done)
-        print(f"resuming {run_dir} after epoch {epochs_done}"
+        _say(f"resuming {run_dir} after epoch {epochs_done}"
               + (f" with {describe_changes(changes)}" if changes else ""), flush=True)
         _train(args, run_dir, run_config)
 
@@ -225,7 +252,7 @@ def _new_run_config(args: argparse.Namespace) -> dict:
                                seed=args.seed, device=args.device, objective=args.objective,
                                beta=args.beta, kl_warmup=args.kl_warmup, num_particles=args.num_particles,
                                mmd_weight=args.mmd_weight, kernel=args.kernel, compile=args.compile,
-                               compile_mode=args.compile_mode, **_optimizer_options(args))
+                               compile_mode=args.compile_mode, gradient=args.gradient, **_optimizer_options(args))
     return {
         "model": {"name": args.model, "z_dim": args.z_dim, "hidden_dims": args.hidden_dims,
                   "activation": args.activation, "likelihood": likelihood},
@@ -245,23 +272,31 @@ def _train(args: argparse.Namespace, run_dir: Path, run_config: dict) -> None:
     run_config["model"] = model_config(model)
 
     def report(row):
+        if not distributed.is_rank0():
+            return
         if "compile_seconds" in row:
             print(f"recorded and compiled the loss in {row['compile_seconds']:.1f} s (in epoch "
                   f"{row['epoch']}'s time)", flush=True)
         print(f"epoch {row['epoch']:3d}/{config.epochs}  train ELBO {row['train_elbo']:9.2f}  "
               f"test ELBO {row['test_elbo']:9.2f} nats/datapoint  ({row['seconds']:.1f} s)", flush=True)
 
-    print(f"training {run_config['model']['name']} on {data.name} "
-          f"({len(data.x_train)} train / {len(data.x_test)} test images) into {run_dir}", flush=True)
+    _say(f"training {run_config['model']['name']} on {data.name} "
+         f"({len(data.x_train)} train / {len(data.x_test)} test images) into {run_dir}", flush=True)
+    if distributed.is_initialized():
+        world = distributed.world_size()
+        _say(f"data parallel: {world} processes x batch {config.batch_size} = global batch "
+             f"{world * config.batch_size} ({distributed.dist.get_backend()})", flush=True)
     start = time.perf_counter()
-    with run_lock(run_dir):  # fit takes it too; held here also while the pictures are drawn
-        metrics = fit(model, data, config, run_dir, resume=args.resume, progress=not args.no_progress,
-                      run_config=run_config, on_epoch=report)
+    with _writer_lock(run_dir):  # fit takes it too; held here also while the pictures are drawn
+        metrics = fit(model, data, config, run_dir, resume=args.resume, progress=not args.no_progress and
+                      distributed.is_rank0(), run_config=run_config, on_epoch=report)
         seconds = time.perf_counter() - start
-        paths = plot_run(model, data.to(next(model.parameters()).device), metrics, run_dir)
-    print(f"final test ELBO: {metrics['test_elbo'].iloc[-1]:.2f} nats per datapoint "
-          f"after {len(metrics)} epochs ({seconds:.0f} s)")
-    print("pictures: " + ", ".join(str(p) for p in paths))
+        paths = plot_run(model, data.to(next(model.parameters()).device), metrics, run_dir) \
+            if distributed.is_rank0() else []
+    distributed.barrier()
+    _say(f"final test ELBO: {metrics['test_elbo'].iloc[-1]:.2f} nats per datapoint "
+         f"after {len(metrics)} epochs ({seconds:.0f} s)")
+    _say("pictures: " + ", ".join(str(p) for p in paths))
 
 
 def _check_model_size(x_dim: int, model: dict) -> None:
@@ -303,8 +338,19 @@ def evaluate(args: argparse.Namespace) -> None:
     table = evaluate_run(args.run, args.num_samples, args.split, args.max_examples, args.device,
                          args.data_dir, args.download, args.seed,
                          None if args.max_memory_mb is None else int(args.max_memory_mb * 2**20),
-                         progress=not args.no_progress, compile=args.compile)
+                         progress=not args.no_progress and distributed.is_rank0(), compile=args.compile,
+                         estimator=args.estimator, num_steps=args.num_steps, num_chains=args.num_chains,
+                         initial=args.initial)
+    if table is None:  # another rank than 0: rank 0 reports
+        return
     row = table.iloc[0]
+    if args.estimator == "ais":
+        print(f"{args.split} set, {int(row['num_data'])} images, AIS T = {int(row['num_steps'])}, "
+              f"C = {int(row['num_chains'])} (nats per image)")
+        print(f"  {'log p(x) >=':<16}{row['log_px']:10.2f} ± {row['log_px_stderr']:.2f} (standard error)")
+        print(f"  {'acceptance':<16}{row['acceptance_mean']:10.2f}  ({row['seconds']:.1f} s)")
+        print(f"written to {args.run / EVALUATION_AIS}")
+        return
     k = int(row["num_samples"])
     lines = [("ELBO", row["elbo"])]
     lines += [(f"IWAE-{n}", row[f"iwae_{n}"]) for n in (5, 50) if f"iwae_{n}" in row]
@@ -360,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     0: done; 1: training diverged (a NaN or infinite loss); 2: a user-side
     fault (bad flag, data, run folder or checkpoint; a file that cannot be
     written), reported in one line on stderr (``--debug`` shows the
-    traceback); 130: interrupted.
+    traceback); 3: under torchrun, another rank failed or could not be
+    reached (the last good checkpoint is kept); 130: interrupted.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -369,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         args.given = _given_flags(parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        if args.command in ("train", "evaluate"):
+            distributed.init_from_env()
         COMMANDS[args.command](args)
     except USER_ERRORS as error:
         if args.debug:
@@ -376,10 +425,20 @@ def main(argv: list[str] | None = None) -> int:
         message = str(error).split("\nTrace Shapes:")[0].strip() or type(error).__name__  # no Pyro shape tables
         print(f"pplvae {args.command}: error: {message}", file=sys.stderr)
         return 1 if isinstance(error, NonFiniteLossError) else 2
+    except RuntimeError as error:
+        if args.debug or not distributed.is_lost_rank_error(error):
+            raise
+        print(f"pplvae {args.command}: error: rank {distributed.rank()} of {distributed.world_size()} lost "
+              f"another rank (it died or cannot be reached: {str(error).strip().splitlines()[0]}); "
+              + ("the last good checkpoint is kept, continue with --resume." if args.command == "train"
+                 else "nothing was written."), file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"\npplvae {args.command}: interrupted; the last good checkpoint and metrics.csv are kept "
               f"(continue with --resume).", file=sys.stderr)
         return 130
+    finally:
+        distributed.destroy()
     return 0
 
 

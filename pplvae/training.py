@@ -30,6 +30,7 @@ from pyro import poutine
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pplvae import distributed
 from pplvae.runs import (CHECKPOINT, CHECKPOINT_KEYS, CONFIG, METRICS, describe_changes, get_rng_state,
                          load_checkpoint, resume_changes, run_lock, save_checkpoint, save_csv, save_json,
                          set_rng_state)
@@ -87,6 +88,7 @@ class TrainConfig:
         kl_warmup: epochs over which beta rises linearly from 0 to ``beta``,
             updated before every step (0: no warm-up); ELBO objectives only.
         num_particles: samples of z per datapoint (K for ``"iwae"``).
+        gradient: ``"standard"`` or ``"dreg"`` (doubly reparameterized, ``"iwae"`` only).
         mmd_weight: lambda, the per-datapoint weight of MMD^2 for ``"mmd"``.
         kernel: ``"gaussian"`` or ``"imq"``, the MMD kernel for ``"mmd"``.
         max_skipped_steps: steps whose loss or gradient is NaN or infinite
@@ -125,6 +127,7 @@ class TrainConfig:
     max_skipped_steps: int = 0
     compile: bool = False
     compile_mode: str = "default"
+    gradient: str = "standard"
 
     def __post_init__(self):
         for name in ("learning_rate", "beta", "kl_warmup", "mmd_weight"):
@@ -143,6 +146,9 @@ class TrainConfig:
         if self.compile and self.kl_warmup > 0:
             raise ValueError("compile=True records the loss once, but kl_warmup changes beta at every step; "
                              "train without --compile or without --kl-warmup.")
+        if self.compile and self.gradient == "dreg":
+            raise ValueError("gradient='dreg' weighs the guide's gradients with tensor hooks, which the graph "
+                             "recorded by compile=True does not keep; train without --compile.")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
         self.build_objective()  # raises ValueError on options that do not fit the objective
@@ -180,7 +186,7 @@ class TrainConfig:
     def build_objective(self):
         """The training objective this config names, at its target ``beta``."""
         return make_objective(self.objective, beta=self.beta, num_particles=self.num_particles,
-                              mmd_weight=self.mmd_weight, kernel=self.kernel)
+                              mmd_weight=self.mmd_weight, kernel=self.kernel, gradient=self.gradient)
 
     def beta_at(self, epochs_done: float) -> float:
         """The KL weight after ``epochs_done`` (possibly fractional) epochs of warm-up."""
@@ -202,6 +208,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto.")
     return device
+
+
+def _rows_of(data, rows: slice):
+    """The datapoints ``rows`` of tensors (a tensor, tuple or dict of them) or of a ``Dataset``."""
+    if isinstance(data, torch.Tensor):
+        return data[rows]
+    if isinstance(data, dict):
+        return {key: value[rows] for key, value in data.items()}
+    if isinstance(data, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in data):
+        return tuple(value[rows] for value in data)
+    return torch.utils.data.Subset(data, range(len(data))[rows])
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -325,11 +342,21 @@ class Trainer:
     Adam is the fused implementation on the CPU and CUDA (one kernel for all
     parameters instead of a Python loop over them; the same update up to
     float rounding).
+
+    Data parallel: when ``torch.distributed`` is initialized (``torchrun``,
+    :mod:`pplvae.distributed`), the loss is wrapped in
+    ``DistributedDataParallel`` (rank 0's initial weights are broadcast, and
+    ``backward`` averages the gradients over the ranks: with equal shards the
+    gradient of the global minibatch's mean), each rank steps on its share of
+    every global minibatch (:func:`pplvae.distributed.shard_batches`), and
+    metrics are all-reduced. Every parameter must get a gradient at every
+    step (DDP's ``find_unused_parameters`` is off). ``config.device`` ``"cuda"``
+    or ``"auto"`` means the rank's own GPU, ``cuda:LOCAL_RANK``.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, objective=None):
         self.config = config
-        self.device = resolve_device(config.device)
+        self.device = distributed.local_device(resolve_device(config.device))
         self.model = model.to(self.device)
         self.objective = objective if objective is not None else config.build_objective()
         self.loss = NegativeELBO(self.model, self.objective)
@@ -338,6 +365,14 @@ class Trainer:
             raise ValueError(f"compile=True needs an objective with differentiable_loss; "
                              f"{type(self.objective).__name__} has none.")
         self.step_loss = CompiledLoss(self.loss, config.compile_mode) if config.compile else self.loss
+        if distributed.is_initialized():
+            if not self.differentiable:
+                raise ValueError(f"data-parallel training needs an objective with differentiable_loss (its "
+                                 f"gradients are averaged by DistributedDataParallel); "
+                                 f"{type(self.objective).__name__} has none.")
+            # broadcasts rank 0's parameters; backward() then averages the gradients over the ranks
+            self.step_loss = nn.parallel.DistributedDataParallel(
+                self.step_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, betas=config.adam_betas,
                                           eps=config.adam_eps, fused=self.device.type in ("cpu", "cuda"))
         self.scheduler = make_scheduler(self.optimizer, config.lr_schedule, config.epochs, config.lr_step_size,
@@ -396,13 +431,49 @@ class Trainer:
         arguments from ``model.batch_args(x, labels)`` where the model has it,
         else ``(x,)``) or anything :func:`pplvae.data.batches.iterate_batches`
         takes (``train=False``: in order).
+
+        In a process group each rank gets its share: for training the rows of
+        :func:`pplvae.distributed.shard_batches` for ``(config.seed, self.epoch)``
+        (a caller's ``DataLoader`` must carry a ``DistributedSampler``, whose
+        ``set_epoch`` is called), for evaluation the contiguous range
+        :func:`pplvae.distributed.shard_range`.
+
+        Raises:
+            ValueError: in a process group, a ``DataLoader`` without a
+                ``DistributedSampler``, or fewer evaluation datapoints than ranks.
         """
         size = self.config.batch_size if train else self.config.eval_batch_size
+        rows = None
+        if distributed.is_initialized():
+            rows = self._shard(data, size, train)
         if isinstance(data, ImageData):
             batch_args = getattr(self.model, "batch_args", lambda x, labels: (x,))
-            images = data.train_batches(size) if train else data.test_batches(size)
+            if not train and rows is not None:
+                data = ImageData(data.name, data.x_train, data.y_train, data.x_test[rows],
+                                 None if data.y_test is None else data.y_test[rows], data.image_shape)
+            images = data.train_batches(size, rows=rows) if train else data.test_batches(size)
             return ((batch_args(x, labels), {}) for x, labels in images)
-        return iterate_batches(data, size, shuffle=train, device=self.device, num_workers=self.config.num_workers)
+        if not train and rows is not None:
+            data = _rows_of(data, rows)
+        return iterate_batches(data, size, shuffle=train, device=self.device, num_workers=self.config.num_workers,
+                               rows=rows if train else None)
+
+    def _shard(self, data, size: int, train: bool):
+        """This rank's rows: index tensors per step (training) or a slice (evaluation); None for a DataLoader."""
+        if isinstance(data, DataLoader):
+            sampler = data.batch_sampler.sampler if data.batch_sampler is not None else data.sampler
+            if not isinstance(sampler, torch.utils.data.DistributedSampler):
+                raise ValueError("in a process group every rank needs its own share of a DataLoader: give it "
+                                 "a torch.utils.data.DistributedSampler (or pass the Dataset and let pplvae shard it).")
+            sampler.set_epoch(self.epoch)
+            return None
+        n = len(data.x_train if train else data.x_test) if isinstance(data, ImageData) else num_datapoints(data)
+        if train:
+            return distributed.shard_batches(n, size, self.config.seed, self.epoch)
+        if n < distributed.world_size():
+            raise ValueError(f"{n} evaluation datapoints cannot be shared by {distributed.world_size()} ranks; "
+                             f"use more test data or fewer processes.")
+        return distributed.shard_range(n)
 
     def check(self, data) -> None:
         """Run model and guide once on a few datapoints of ``data`` and check that they agree.
@@ -430,6 +501,8 @@ class Trainer:
         steps = None if n is None or isinstance(data, DataLoader) else -(-n // self.config.batch_size)
         if isinstance(data, DataLoader):
             steps = len(data) if hasattr(data.dataset, "__len__") else None
+        if distributed.is_initialized() and n is not None and not isinstance(data, DataLoader):
+            steps = -(-(-(-n // distributed.world_size())) // self.config.batch_size)
         bar = tqdm(self.batches(data), total=steps, desc=f"epoch {self.epoch + 1}", leave=False, mininterval=1.0,
                    disable=None if progress else True)  # None: no bar where stderr is not a terminal
         total = torch.zeros((), device=self.device)
@@ -455,7 +528,8 @@ class Trainer:
             seen += size
             if progress and i % 50 == 0:
                 bar.set_postfix(elbo=f"{-total.item() / seen:.2f}")
-        return -total.item() / max(seen, 1)
+        total, seen = distributed.all_reduce_sums([total, seen])  # over ranks: the global mean
+        return -total / max(seen, 1)
 
     @torch.no_grad()
     def evaluate(self, data) -> float:
@@ -475,7 +549,9 @@ class Trainer:
         the current beta) and ``elbo`` = reconstruction - kl, one draw of z per
         datapoint (K draws averaged for IWAE, whose ``total`` is the K-sample
         bound). For other objectives ``total`` and ``elbo`` are both -loss per
-        datapoint, the objective's own estimate of its bound (nats).
+        datapoint, the objective's own estimate of its bound (nats). In a
+        process group the sums and counts of every rank's batches are added
+        before dividing (a collective: every rank must call it).
         """
         self.model.eval()
         sums: dict[str, torch.Tensor | float] = {}
@@ -490,7 +566,8 @@ class Trainer:
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
             n += batch_size_of(args, kwargs)
-        means = {key: float(value) / n for key, value in sums.items()}
+        *totals, n = distributed.all_reduce_sums([*sums.values(), n])  # each rank's shard: sums over ranks
+        means = {key: value / n for key, value in zip(sums, totals)}
         elbo = means["reconstruction"] - means["kl"] if "kl" in means else means["total"]
         return {**means, "elbo": elbo}
 
@@ -526,11 +603,27 @@ class Trainer:
             row["beta"] = self.objective.beta
         return row
 
-    def state_dict(self) -> dict:
+    def _rng_state(self) -> dict:
         rng = get_rng_state()
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
+        return rng
+
+    def _set_rng_state(self, rng: dict) -> None:
+        set_rng_state(rng)
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def state_dict(self) -> dict:
+        """Model, optimiser, epoch, metrics and RNG states, in ``weights_only``-loadable types.
+
+        In a process group this is a collective (every rank calls it): the
+        RNG states of all ranks are gathered into ``"rng_ranks"`` (a list in
+        rank order, complete on rank 0, which writes the checkpoint); ``"rng"``
+        is this rank's own.
+        """
+        rng = self._rng_state()
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -538,17 +631,31 @@ class Trainer:
             "history": self.history,
             "rng": rng,
         }
+        if distributed.is_initialized():
+            state["rng_ranks"] = distributed.gather_objects(rng)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`. In a process group each rank takes its own RNG state from
+        ``"rng_ranks"``; where the checkpoint was written by another number of ranks, each rank's
+        stream is seeded afresh from ``(config.seed, epoch, rank)`` (logged), the model and the
+        optimiser being restored all the same."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:  # absent in checkpoints written before schedules existed
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = state["epoch"]
         self.history = list(state["history"])
-        set_rng_state(state["rng"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        ranks = state.get("rng_ranks")
+        if not distributed.is_initialized():
+            self._set_rng_state(state["rng"])
+        elif ranks is not None and len(ranks) == distributed.world_size():
+            self._set_rng_state(ranks[distributed.rank()])
+        else:
+            written = len(ranks) if ranks is not None else 1
+            logger.warning("the checkpoint was written by %d process(es), this run has %d: each rank's random "
+                           "stream is seeded afresh", written, distributed.world_size())
+            pyro.set_rng_seed(distributed.rank_seed(self.config.seed + self.epoch))
 
     def rebase_learning_rate(self, learning_rate: float, scheduled: bool = True) -> None:
         """After :meth:`load_state_dict`: make ``learning_rate`` the schedule's base rate.
@@ -608,6 +715,17 @@ def init_from_data(model: nn.Module, data: ImageData) -> bool:
     with torch.no_grad():
         hook(data.x_train.mean(0))
     return True
+
+
+def _with_world(run_config: dict, config: TrainConfig) -> dict:
+    """``run_config`` with ``"distributed": {"world_size", "batch_size_per_rank", "global_batch_size"}``
+    in a process group, without that section otherwise."""
+    run_config = {key: value for key, value in run_config.items() if key != "distributed"}
+    if distributed.is_initialized():
+        world = distributed.world_size()
+        run_config["distributed"] = {"world_size": world, "batch_size_per_rank": config.batch_size,
+                                     "global_batch_size": config.batch_size * world}
+    return run_config
 
 
 def fit(
@@ -688,6 +806,17 @@ def fit(
 
     Writing ``run_dir`` holds its lock (:func:`pplvae.runs.run_lock`) throughout.
 
+    Data parallel: when the caller has initialized ``torch.distributed``
+    (e.g. :func:`pplvae.distributed.init_from_env` under ``torchrun``), every
+    rank calls ``fit`` with the same arguments; ``config.batch_size`` is the
+    per-rank batch, the global batch is ``batch_size x world size`` (both
+    saved under ``"distributed"`` in ``config.json``), each rank's random
+    stream is seeded with :func:`pplvae.distributed.rank_seed` (rank 0 keeps
+    ``config.seed``), the metrics are over all ranks' data, and rank 0 alone
+    holds the lock and writes the files while the others wait at a barrier.
+    ``on_epoch`` is called on every rank (with the same metrics). Resuming
+    restores every rank's random stream.
+
     Raises:
         ValueError: the data's width does not match the model's ``x_dim``;
             the model and guide sample different latent sites; on ``resume``,
@@ -717,7 +846,7 @@ def fit(
     run_dir = None if run_dir is None else Path(run_dir)
     if resume and not (run_dir / CHECKPOINT).exists():
         load_checkpoint(run_dir / CHECKPOINT)  # raises FileNotFoundError before the folder is made
-    with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
+    with run_lock(run_dir) if run_dir is not None and distributed.is_rank0() else contextlib.nullcontext():
         return _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, test_data, objective)
 
 
@@ -726,12 +855,16 @@ def _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, t
         raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another folder.")
     checkpoint = load_checkpoint(run_dir / CHECKPOINT, keys=CHECKPOINT_KEYS) if resume else None
 
+    if checkpoint is None:
+        init_from_data(model, data)  # before the Trainer: under DDP it broadcasts the weights it starts from
     trainer = Trainer(model, config, objective)
+    writer = run_dir is not None and distributed.is_rank0()
     if isinstance(data, ImageData):
         data = data.to(trainer.device)
     if checkpoint is not None:
         saved = checkpoint.get("config") or {}
         run_config = run_config if run_config is not None else {**saved, "train": asdict(config)}
+        run_config = _with_world(run_config, config)
         changes = resume_changes(saved, run_config, checkpoint["epoch"]) if saved else {}
         if changes:
             entry = {"after_epoch": checkpoint["epoch"], "changes": {k: list(v) for k, v in changes.items()}}
@@ -741,13 +874,13 @@ def _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, t
         logger.info("resuming %s after epoch %d%s", run_dir, trainer.epoch,
                     f" with {describe_changes(changes)}" if changes else "")
     else:
-        pyro.set_rng_seed(config.seed)
-        init_from_data(model, data)
+        pyro.set_rng_seed(distributed.rank_seed(config.seed))
     if run_config is None:
         run_config = default_run_config(model, data, config)
+    run_config = _with_world(run_config, config)
     with pyro.validation_enabled(config.validate):
         trainer.check(data)
-    if run_dir is not None:
+    if writer:
         save_json(run_dir / CONFIG, run_config)
 
     first_epoch = trainer.epoch
@@ -769,10 +902,14 @@ def _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, t
             trainer.history.append(row)
             logger.info("epoch %d: train ELBO %.2f, test ELBO %s nats", row["epoch"], row["train_elbo"],
                         f"{row['test_elbo']:.2f}" if "test_elbo" in row else "-")
-            if run_dir is not None:
-                save_checkpoint(run_dir / CHECKPOINT, {**trainer.state_dict(), "config": run_config})
+            state = trainer.state_dict() if run_dir is not None else None  # a collective in a group
+            if writer:
+                save_checkpoint(run_dir / CHECKPOINT, {**state, "config": run_config})
                 save_csv(run_dir / METRICS, trainer.metrics())
+            if run_dir is not None:
+                distributed.barrier()  # the others wait until rank 0 has written
             if on_epoch is not None:
-                compiled_now = isinstance(trainer.step_loss, CompiledLoss) and trainer.epoch == first_epoch + 1
-                on_epoch({**row, "compile_seconds": trainer.step_loss.compile_seconds} if compiled_now else row)
+                compiled = getattr(trainer.step_loss, "module", trainer.step_loss)  # inside DDP in a group
+                compiled_now = isinstance(compiled, CompiledLoss) and trainer.epoch == first_epoch + 1
+                on_epoch({**row, "compile_seconds": compiled.compile_seconds} if compiled_now else row)
     return trainer.metrics()

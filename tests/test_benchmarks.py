@@ -112,3 +112,16 @@ def test_trace_once_script_runs(data_dir):
     out = run_benchmark("trace_once", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--threads", "1",
                         "--no-compile", "--data-dir", str(data_dir))
     assert "replayed" in out and "pplvae" in out
+
+
+def test_distributed_throughput_measures_one_and_two_processes(tmp_path, data_dir):
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PPLVAE_DATA_DIR": str(data_dir)}
+    cmd = [sys.executable, "-m", "benchmarks.distributed_throughput", "--steps", "3", "--warmup", "1",
+           "--repeats", "1", "--train-size", "512", "--hidden-dims", "16", "--z-dim", "2", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-4000:]
+    table = pd.read_csv(tmp_path / "distributed_throughput.csv")
+    assert list(table.processes) == [1, 2] and list(table.global_batch) == [128, 256]
+    assert (table.images_per_second > 0).all() and table.scaling_efficiency.iloc[0] == 1.0
+    assert "--nproc_per_node=N -m pplvae train" in done.stdout

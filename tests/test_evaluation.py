@@ -10,7 +10,7 @@ import torch
 from pplvae import TrainConfig, VAE, VAEConfig, fit, load_dataset
 from pplvae.cli import main
 from pplvae.data.images import TEST_BINARIZATION_SEED
-from pplvae.evaluation import EVALUATION, _split, evaluate_run
+from pplvae.evaluation import EVALUATION, EVALUATION_AIS, _split, evaluate_run
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,18 @@ def test_bad_requests_are_clear_errors(trained_run, tmp_path, data_dir, capsys):
         evaluate_run(tmp_path / "nothing", num_samples=5)
     assert main(["evaluate", str(tmp_path / "nothing"), "--num-samples", "5"]) == 2
     assert "No checkpoint" in capsys.readouterr().err
+
+
+def test_ais_estimator_writes_its_own_csv_and_bounds_the_is_estimate(trained_run, data_dir, capsys):
+    """``pplvae evaluate --estimator ais``: 10 images, T = 100, C = 4; a lower bound that beats the ELBO."""
+    status = main(["evaluate", str(trained_run), "--estimator", "ais", "--num-steps", "100", "--num-chains", "4",
+                   "--max-examples", "10", "--device", "cpu", "--data-dir", str(data_dir), "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    row = pd.read_csv(trained_run / EVALUATION_AIS).iloc[0]
+    assert row["num_steps"] == 100 and row["num_chains"] == 4 and row["num_data"] == 10
+    assert f"{row['log_px']:.2f}" in out and "AIS T = 100" in out
+    elbo = evaluate_run(trained_run, num_samples=1, max_examples=10, device="cpu", data_dir=data_dir)
+    assert elbo.loc[0, "elbo"] < row["log_px"] < 0
+    with pytest.raises(ValueError, match="Unknown estimator"):
+        evaluate_run(trained_run, estimator="mcmc")

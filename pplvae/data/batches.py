@@ -24,7 +24,7 @@ resumed one continues the same stream.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -116,6 +116,7 @@ def iterate_batches(
     shuffle: bool = True,
     device: torch.device | None = None,
     num_workers: int = 0,
+    rows: Iterable[torch.Tensor] | None = None,
 ) -> Iterator[tuple[tuple, dict]]:
     """One pass over ``data`` as ``(args, kwargs)`` minibatches on ``device`` (see the module's docstring).
 
@@ -126,6 +127,9 @@ def iterate_batches(
         shuffle: a random order (training) or the stored one (evaluation).
         device: where the arguments go; None leaves them where they are.
         num_workers: worker processes of the ``DataLoader`` made for a ``Dataset``.
+        rows: the minibatches' row indices (int64 tensors, e.g. one rank's share
+            from :func:`pplvae.distributed.shard_batches`) instead of
+            ``batch_size`` and ``shuffle``; tensors and a ``Dataset`` only.
 
     Raises:
         ValueError: tensors of different leading sizes.
@@ -137,9 +141,14 @@ def iterate_batches(
         if any(t.shape[:1] != (n,) for t in tensors):
             raise ValueError(f"The tensors of the data must share their leading size, got "
                              f"{[tuple(t.shape) for t in tensors]}.")
-        order = torch.randperm(n, device=tensors[0].device) if shuffle else None
-        for start in range(0, n, batch_size):
-            rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+        steps = rows
+        if steps is None:
+            order = torch.randperm(n, device=tensors[0].device) if shuffle else None
+            steps = (slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+                     for start in range(0, n, batch_size))
+        for rows in steps:
+            if isinstance(rows, torch.Tensor):
+                rows = rows.to(tensors[0].device)
             if isinstance(data, torch.Tensor):
                 batch = data[rows]
             elif isinstance(data, Mapping):
@@ -150,7 +159,10 @@ def iterate_batches(
         return
     if isinstance(data, Dataset):
         pin = device is not None and torch.device(device).type == "cuda"
-        data = DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, pin_memory=pin)
+        if rows is not None:
+            data = DataLoader(data, batch_sampler=[r.tolist() for r in rows], num_workers=num_workers, pin_memory=pin)
+        else:
+            data = DataLoader(data, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, pin_memory=pin)
     if not isinstance(data, DataLoader):
         raise TypeError(
             f"Training data must be tensors, a torch Dataset or a DataLoader (or pplvae's ImageData), "

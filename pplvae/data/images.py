@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -105,7 +105,8 @@ class ImageData:
         )
 
     def train_batches(
-        self, batch_size: int, generator: torch.Generator | None = None
+        self, batch_size: int, generator: torch.Generator | None = None,
+        rows: Iterable[torch.Tensor] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """One epoch of shuffled minibatches ``(x, y)``: x (B, x_dim), y (B,) or None.
 
@@ -113,11 +114,16 @@ class ImageData:
         N_train. When ``binarized``, each image is drawn afresh as
         ``Bernoulli(pixels)`` (dynamic binarization). Randomness comes from
         ``generator`` if given, else torch's global RNG on the data's device.
+        ``rows``: the minibatches' row indices (int64 tensors, e.g. one rank's
+        share from :func:`pplvae.distributed.shard_batches`) instead of a
+        shuffle of all rows.
         """
         n = self.x_train.shape[0]
-        order = torch.randperm(n, device=self.device, generator=generator)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        if rows is None:
+            order = torch.randperm(n, device=self.device, generator=generator)
+            rows = (order[start : start + batch_size] for start in range(0, n, batch_size))
+        for idx in rows:
+            idx = idx.to(self.device)
             x = self.x_train[idx]
             if self.binarized:
                 x = binarize(x, generator)

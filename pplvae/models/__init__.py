@@ -6,12 +6,14 @@ from dataclasses import asdict, is_dataclass
 
 from pplvae.models.cvae import CVAE, CVAEConfig
 from pplvae.models.hvae import HVAE, HVAEConfig
+from pplvae.models.iaf import IAFVAE, IAFConfig
 from pplvae.models.protocol import ImageModel, ModelGuidePair, check_model_guide
 from pplvae.models.quadrant import QuadrantBaseline, QuadrantConfig, QuadrantCVAE
 from pplvae.models.vae import VAE, VAEConfig
+from pplvae.models.vampprior import VampPriorConfig, VampPriorVAE
 
 #: Model classes by the name the command line and saved configs use.
-MODELS = {cls.name: cls for cls in (VAE, CVAE, HVAE, QuadrantBaseline, QuadrantCVAE)}
+MODELS = {cls.name: cls for cls in (VAE, CVAE, HVAE, QuadrantBaseline, QuadrantCVAE, VampPriorVAE, IAFVAE)}
 
 
 def build_model(name: str, **config) -> VAE:
@@ -39,6 +41,8 @@ __all__ = [
     "CVAEConfig",
     "HVAE",
     "HVAEConfig",
+    "IAFConfig",
+    "IAFVAE",
     "ImageModel",
     "MODELS",
     "ModelGuidePair",
@@ -47,6 +51,8 @@ __all__ = [
     "QuadrantConfig",
     "VAE",
     "VAEConfig",
+    "VampPriorConfig",
+    "VampPriorVAE",
     "build_model",
     "check_model_guide",
     "model_config",

@@ -10,7 +10,7 @@ or analytic KL), :mod:`~pplvae.objectives.iwae` (importance-weighted bound),
 
 from pplvae.objectives.elbo import BetaTrace_ELBO, BetaTraceMeanField_ELBO
 from pplvae.objectives.factory import OBJECTIVES, make_objective
-from pplvae.objectives.iwae import IWAE_ELBO
+from pplvae.objectives.iwae import GRADIENTS, IWAE_ELBO
 from pplvae.objectives.latent_scale import LatentScaleMessenger, scale_latents
 from pplvae.objectives.mmd import KERNELS, MMD_VAE, kernel_matrix, mmd
 from pplvae.objectives.warmup import kl_warmup_weight
@@ -18,6 +18,7 @@ from pplvae.objectives.warmup import kl_warmup_weight
 __all__ = [
     "BetaTraceMeanField_ELBO",
     "BetaTrace_ELBO",
+    "GRADIENTS",
     "IWAE_ELBO",
     "KERNELS",
     "LatentScaleMessenger",
