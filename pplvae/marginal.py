@@ -71,6 +71,9 @@ BOUND_SIZES = (1, 5, 50)
 # networks' hidden activations or the temporaries of ``log_prob``. One chunk's
 # memory is estimated as this many copies of every site's batch+event tensor.
 _WORKING_COPIES = 4
+# Log-weights of several chunks are summarized in one update (a few small
+# kernels each, paid per update rather than per chunk), at most this many at once.
+_PENDING_WEIGHTS = 2**20
 _PROBE_SIZE = 4
 _MIN_TAIL = 10
 
@@ -292,10 +295,14 @@ def log_marginal_likelihood(
                 stop = min(start + n_chunk, num_data)
                 chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
                 acc = _StreamingWeights(group_sizes, tail_size)
+                parts, pending = [], 0  # (k, n) log-weights summarized together, up to _PENDING_WEIGHTS of them
                 for k_start in range(0, num_samples, k_chunk):
                     k = min(k_chunk, num_samples - k_start)
-                    log_w = log_weights(chunk_args, chunk_kwargs, indices[start:stop], k)  # (k, stop - start)
-                    acc.update(log_w)
+                    parts.append(log_weights(chunk_args, chunk_kwargs, indices[start:stop], k))  # (k, stop - start)
+                    pending += parts[-1].numel()
+                    if pending >= _PENDING_WEIGHTS or k_start + k == num_samples:
+                        acc.update(torch.cat(parts) if len(parts) > 1 else parts[0])
+                        parts, pending = [], 0
                     if progress is not None:
                         progress(k * (stop - start))
                 # Written into tensors allocated once, rather than kept as small
