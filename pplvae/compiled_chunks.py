@@ -103,13 +103,21 @@ class _SignatureMode(TorchDispatchMode):
         entry = [str(func)]
         fresh = func in _LIFT_FRESH
         for leaf in pytree.tree_leaves((args, kwargs)):
-            entry.append(self._source(leaf, fresh) if isinstance(leaf, torch.Tensor) else leaf)
+            entry.append(self._source(leaf, fresh) if isinstance(leaf, torch.Tensor) else _hashable(leaf))
         out = func(*args, **kwargs)
         for leaf in pytree.tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self.made[id(leaf)] = (len(self.ops), leaf)
         self.ops.append(tuple(entry))
         return out
+
+
+def _hashable(value):
+    try:
+        hash(value)
+    except TypeError:
+        return ("repr", type(value).__name__, repr(value))
+    return value
 
 
 def program_signature(log_weights: Callable, args: tuple, kwargs: dict, indices: torch.Tensor) -> _Signature:
