@@ -73,7 +73,8 @@ def evaluate_run(
             :func:`pplvae.marginal.default_memory_budget` of the device.
         progress: show a tqdm progress bar over the K x N samples (on a terminal only).
         compile: compile the estimator's chunks (see :func:`pplvae.log_marginal_likelihood`);
-            ``seconds`` then includes the compile time.
+            ``seconds`` then includes what the first call of the process pays:
+            the compiles and, without ``max_memory_bytes``, the chunk-size trials.
         estimator: ``"is"`` (importance sampling from the guide, K = ``num_samples``)
             or ``"ais"`` (:func:`pplvae.annealed_importance_sampling` from
             ``initial``, ``"guide"`` or ``"prior"``, with ``num_steps`` T and

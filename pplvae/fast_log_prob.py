@@ -123,9 +123,10 @@ def normal_log_prob(loc: torch.Tensor, scale: torch.Tensor, value: torch.Tensor)
 
 def _unexpanded(t: torch.Tensor) -> torch.Tensor:
     """A view of ``t`` with size 1 in every dim of stride 0 (the dims ``expand`` added), broadcastable to ``t``."""
-    if all(stride != 0 for stride in t.stride()):
-        return t
-    return t.as_strided([1 if stride == 0 else size for size, stride in zip(t.shape, t.stride())], t.stride())
+    for dim, stride in enumerate(t.stride()):
+        if stride == 0:  # narrow, not as_strided: graph compilers treat as_strided as relative to the storage
+            t = t.narrow(dim, 0, 1)
+    return t
 
 
 def fast_log_prob(fn, value: torch.Tensor) -> Optional[torch.Tensor]:

@@ -48,6 +48,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import site_is_subsample
 
+from pplvae.compiled_chunks import CompiledLogWeights, program_signature
 from pplvae.fast_log_prob import FastLogProbMessenger
 
 __all__ = ["MarginalLikelihood", "default_memory_budget", "log_marginal_likelihood"]
@@ -70,6 +71,9 @@ BOUND_SIZES = (1, 5, 50)
 # networks' hidden activations or the temporaries of ``log_prob``. One chunk's
 # memory is estimated as this many copies of every site's batch+event tensor.
 _WORKING_COPIES = 4
+# Log-weights of several chunks are summarized in one update (a few small
+# kernels each, paid per update rather than per chunk), at most this many at once.
+_PENDING_WEIGHTS = 2**20
 _PROBE_SIZE = 4
 _MIN_TAIL = 10
 
@@ -212,13 +216,19 @@ def log_marginal_likelihood(
             default they run, as set globally, on the probe run over the first
             4 datapoints only, and are off in the chunks, as in training
             (:class:`pplvae.TrainConfig`'s ``validate``).
-        compile: record one chunk's log-weights as an operator graph
-            (``make_fx``) and compile it with ``torch.compile``, once per chunk
-            shape (usually two: the full chunks and the last one): the same
-            draws and numbers to float rounding, faster where the estimate
-            is long (the compile takes 10 to 40 s on a CPU). Needs model and
-            guide whose sites and Python constants are the same for every
-            chunk (no data-dependent Python control flow).
+        compile: score the chunks by a compiled graph
+            (:mod:`pplvae.compiled_chunks`): one chunk recorded with
+            ``make_fx`` and compiled with ``torch.compile``, kept for the
+            process and reused by later calls while the program (operators,
+            parameters by identity) is the same; weights changed in place are
+            read at run time. Without ``max_memory_bytes``, three chunk
+            shapes (the default budget's, a quarter and a sixteenth of it)
+            are timed on the first datapoints and the fastest is kept. The
+            same draws and numbers as the uncompiled run with the same chunk
+            shape, to float rounding. The first call of a program pays the
+            compiles (seconds to a minute on a CPU). Needs model and guide
+            without data-dependent Python control flow (one recorded chunk
+            serves all).
 
     Returns:
         :class:`MarginalLikelihood` with tensors of shape (N,), float64, nats
@@ -251,7 +261,8 @@ def log_marginal_likelihood(
     """
     num_data, device = _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, validate,
                                         plate_name)
-    if max_memory_bytes is None:
+    budget_given = max_memory_bytes is not None
+    if not budget_given:
         max_memory_bytes = default_memory_budget(device)
     with torch.no_grad(), poutine.block():
         try:
@@ -267,18 +278,31 @@ def log_marginal_likelihood(
         checks = contextlib.nullcontext() if validate else pyro.validation_enabled(False)
         log_weights = functools.partial(_log_weights, model, guide, plate_name=plate_name,
                                         max_plate_nesting=probe.max_plate_nesting)
-        if compile:
-            log_weights = _Compiled(log_weights)
         indices = torch.arange(num_data, device=device)  # the data plate's indices, sliced per chunk
+
+        def first_rows(n):
+            return (*_slice_data(args, kwargs, num_data, 0, n), indices[:n])
+
         with checks, FastLogProbMessenger():
+            if compile:
+                log_weights = CompiledLogWeights(log_weights, program_signature(log_weights, *first_rows(1)))
+                if not budget_given:  # a few chunk shapes are timed; the fastest is kept
+                    shapes = [_chunk_shape(num_samples, num_data, probe.cell_bytes, max_memory_bytes / 4**i)
+                              for i in range(3)]
+                    shapes = list(dict.fromkeys(shapes))
+                    k_chunk, n_chunk = log_weights.fastest_chunk_shape(shapes, num_samples, first_rows, device)
             for start in range(0, num_data, n_chunk):
                 stop = min(start + n_chunk, num_data)
                 chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
                 acc = _StreamingWeights(group_sizes, tail_size)
+                parts, pending = [], 0  # (k, n) log-weights summarized together, up to _PENDING_WEIGHTS of them
                 for k_start in range(0, num_samples, k_chunk):
                     k = min(k_chunk, num_samples - k_start)
-                    log_w = log_weights(chunk_args, chunk_kwargs, indices[start:stop], k)  # (k, stop - start)
-                    acc.update(log_w)
+                    parts.append(log_weights(chunk_args, chunk_kwargs, indices[start:stop], k))  # (k, stop - start)
+                    pending += parts[-1].numel()
+                    if pending >= _PENDING_WEIGHTS or k_start + k == num_samples:
+                        acc.update(torch.cat(parts) if len(parts) > 1 else parts[0])
+                        parts, pending = [], 0
                     if progress is not None:
                         progress(k * (stop - start))
                 # Written into tensors allocated once, rather than kept as small
@@ -495,36 +519,6 @@ def _chunk_shape(num_samples, num_data, cell_bytes, max_memory_bytes) -> tuple[i
     if cells >= num_samples:
         return num_samples, max(1, min(num_data, cells // num_samples))
     return math.ceil(num_samples / math.ceil(num_samples / cells)), 1
-
-
-class _Compiled:
-    """``log_weights(args, kwargs, indices, k)`` recorded by ``make_fx`` and compiled, once per shape of its tensors and k."""
-
-    def __init__(self, log_weights: Callable):
-        self.log_weights = log_weights
-        self.graphs: dict = {}
-
-    def __call__(self, args: tuple, kwargs: dict, indices: torch.Tensor, num_particles: int) -> torch.Tensor:
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        args = (*args, indices)  # the chunk's global indices are an input of the graph, not a constant
-        names = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-        names += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
-        tensors = [args[n] if isinstance(n, int) else kwargs[n] for n in names]
-        key = (num_particles, tuple((t.shape, t.dtype, t.device) for t in tensors))
-        if key not in self.graphs:
-
-            def run(*tensors):
-                new = dict(zip(names, tensors))
-                *a, rows = tuple(new.get(i, value) for i, value in enumerate(args))
-                return self.log_weights(tuple(a), {k: new.get(k, v) for k, v in kwargs.items()}, rows, num_particles)
-
-            devices = [t.device for t in tensors if t.device.type == "cuda"][:1]
-            with torch.random.fork_rng(devices=devices):  # recording runs the program: keep its draws out
-                graph = make_fx(run, tracing_mode="real")(*tensors)
-            # fallback_random: draws from torch's generator, as the uncompiled estimate draws them
-            self.graphs[key] = torch.compile(graph, dynamic=False, options={"fallback_random": True})
-        return self.graphs[key](*tensors)
 
 
 def _log_weights(model, guide, args, kwargs, indices, num_particles, plate_name, max_plate_nesting):

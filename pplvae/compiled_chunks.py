@@ -1,0 +1,227 @@
+"""Compiled chunks of the importance-sampling estimator, kept for the life of the process.
+
+``log_marginal_likelihood(..., compile=True)`` scores every chunk of K samples
+by one compiled graph instead of a run of the Pyro program: no tracing, no
+handlers, and ``torch.compile`` fuses the elementwise work around the
+networks' matrix products. Three pieces make that pay on short runs as well
+as long ones:
+
+* **A program signature, cheap enough for every call.** One run of the
+  log-weights on one datapoint and one sample, under a
+  ``TorchDispatchMode``, lists the operators it calls and the tensors it
+  reads from outside: parameters and buffers by identity, ``torch.tensor``
+  literals (made afresh at every run) by value. Any change of the program, a swapped
+  network, a new parameter or another branch taken, changes the signature.
+* **A cache of compiled graphs keyed by that signature** (and the chunk's
+  shapes), shared by all calls in the process: the first call records the
+  chunk with ``make_fx`` and compiles it; later calls with the same program
+  reuse it. The graph holds the parameters themselves, not copies, so
+  weights trained in place between calls are read at run time.
+* **The chunk size is measured, not assumed.** Where the caller gives no
+  memory budget, a few chunk shapes (the default budget's, a quarter and a
+  sixteenth of it) are each compiled and timed on the first datapoints, and
+  the fastest per (sample, datapoint) is kept for the program, the sizes and
+  the torch thread count. On a CPU a compiled chunk has little fixed cost, so
+  a chunk whose working set stays in the caches can beat a larger one; which
+  size wins depends on the machine and the networks, so it is measured.
+
+The trials and the recordings run under a forked torch RNG: the estimate's
+draws are the ones an uncompiled run with the same chunk shape takes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["CompiledLogWeights", "clear_cache", "program_signature"]
+
+CACHE_SIZE = 16
+"""Compiled graphs and chunk choices kept per process (least recently used dropped first)."""
+
+_LIFT_FRESH = (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
+_cache: "OrderedDict[tuple, object]" = OrderedDict()
+
+
+def clear_cache() -> None:
+    """Drop every compiled chunk graph and chunk-size choice of this process."""
+    _cache.clear()
+
+
+def _cached(key: tuple, make: Callable[[], object]) -> object:
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
+    value = _cache[key] = make()
+    while len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return value
+
+
+class _Signature:
+    """A program's operator list, hashed once (chunk calls look it up hundreds of times)."""
+
+    def __init__(self, ops: tuple):
+        self.ops, self._hash = ops, hash(ops)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Signature) and self._hash == other._hash and self.ops == other.ops
+
+
+class _SignatureMode(TorchDispatchMode):
+    """Records each dispatched operator with its non-tensor arguments and where its tensor arguments come from."""
+
+    def __init__(self, inputs: list[torch.Tensor]):
+        super().__init__()
+        self.inputs = {id(t): i for i, t in enumerate(inputs)}
+        self.made: dict[int, tuple[int, torch.Tensor]] = {}  # id -> (operator's place, tensor kept alive)
+        self.outside: list[torch.Tensor] = []
+        self.ops: list[tuple] = []
+
+    def _source(self, t: torch.Tensor, fresh: bool):
+        if id(t) in self.made:
+            return ("made", self.made[id(t)][0])
+        if id(t) in self.inputs:
+            return ("input", self.inputs[id(t)])
+        self.outside.append(t)
+        meta = (tuple(t.shape), t.dtype, str(t.device))
+        if fresh:  # a torch.tensor(...) literal of the program, made anew at every run
+            return ("value", meta, tuple(t.detach().cpu().flatten().tolist()))
+        return ("tensor", meta, id(t))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        entry = [str(func)]
+        fresh = func in _LIFT_FRESH
+        for leaf in pytree.tree_leaves((args, kwargs)):
+            entry.append(self._source(leaf, fresh) if isinstance(leaf, torch.Tensor) else _hashable(leaf))
+        out = func(*args, **kwargs)
+        for leaf in pytree.tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.made[id(leaf)] = (len(self.ops), leaf)
+        self.ops.append(tuple(entry))
+        return out
+
+
+def _hashable(value):
+    try:
+        hash(value)
+    except TypeError:
+        return ("repr", type(value).__name__, repr(value))
+    return value
+
+
+def program_signature(log_weights: Callable, args: tuple, kwargs: dict, indices: torch.Tensor) -> _Signature:
+    """A hashable description of the program ``log_weights(args, kwargs, indices, 1)`` runs.
+
+    Args:
+        log_weights: ``f(args, kwargs, indices, num_particles) -> (num_particles, n)``.
+        args, kwargs: the arguments of one datapoint (n = 1 row of each data tensor).
+        indices: (1,) the datapoint's index.
+
+    Returns:
+        A hashable value, equal for runs of the same program: the operators
+        called, their non-tensor arguments, and for each tensor
+        argument: made in the run, one of the inputs, or read from outside
+        (by identity; ``torch.tensor`` literals by value). Runs under a
+        forked torch RNG.
+    """
+    inputs = [t for t in pytree.tree_leaves((args, kwargs, indices)) if isinstance(t, torch.Tensor)]
+    devices = [t.device for t in inputs if t.device.type == "cuda"][:1]
+    mode = _SignatureMode(inputs)
+    with torch.random.fork_rng(devices=devices), mode:
+        log_weights(args, kwargs, indices, 1)
+    return _Signature(tuple(mode.ops))
+
+
+class CompiledLogWeights:
+    """``log_weights(args, kwargs, indices, k)`` run as a compiled graph, from the process-wide cache.
+
+    Args:
+        log_weights: ``f(args, kwargs, indices, num_particles) -> (num_particles, n)`` log-weights.
+        signature: :func:`program_signature` of ``log_weights`` for the current call.
+        options: ``torch.compile`` options (``fallback_random`` is always on:
+            draws come from torch's generator, as in the uncompiled run).
+
+    Calling it with a chunk's arguments records the chunk with ``make_fx``
+    (real tensors; Python control flow is fixed at the recorded chunk) and
+    compiles it the first time its signature and shapes are seen in the
+    process; afterwards the compiled graph runs directly.
+    """
+
+    def __init__(self, log_weights: Callable, signature: tuple, options: dict | None = None):
+        self.log_weights = log_weights
+        self.signature = signature
+        self.options = {**(options or {}), "fallback_random": True}
+
+    def __call__(self, args: tuple, kwargs: dict, indices: torch.Tensor, num_particles: int) -> torch.Tensor:
+        args = (*args, indices)  # the chunk's global indices are an input of the graph, not a constant
+        names = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        names += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+        tensors = [args[n] if isinstance(n, int) else kwargs[n] for n in names]
+        key = ("graph", self.signature, num_particles, tuple((t.shape, t.dtype, t.device) for t in tensors))
+
+        def compile_graph():
+            from torch.fx.experimental.proxy_tensor import make_fx
+
+            def run(*tensors):
+                new = dict(zip(names, tensors))
+                *a, rows = tuple(new.get(i, value) for i, value in enumerate(args))
+                return self.log_weights(tuple(a), {k: new.get(k, v) for k, v in kwargs.items()}, rows, num_particles)
+
+            devices = [t.device for t in tensors if t.device.type == "cuda"][:1]
+            with torch.random.fork_rng(devices=devices):  # recording runs the program: keep its draws out
+                graph = make_fx(run, tracing_mode="real")(*tensors)
+            return torch.compile(graph, dynamic=False, options=self.options)
+
+        return _cached(key, compile_graph)(*tensors)
+
+    def fastest_chunk_shape(self, shapes: list[tuple[int, int]], num_samples: int, data_chunk: Callable,
+                            device: torch.device) -> tuple[int, int]:
+        """The chunk shape (k, n) of ``shapes`` that scores K samples of the first datapoints fastest.
+
+        Args:
+            shapes: candidate (samples, datapoints) per chunk.
+            num_samples: K.
+            data_chunk: ``data_chunk(n) -> (args, kwargs, indices)`` of the first n datapoints.
+            device: where the program runs (CUDA is synchronized around the timings).
+
+        Returns:
+            The candidate with the least time per (sample, datapoint) pair, best
+            of two timed runs of K samples each after a first run that compiles;
+            remembered for this program, these candidates and the torch thread
+            count. The trials' draws are discarded (forked RNG).
+        """
+        if len(shapes) == 1:
+            return shapes[0]
+        key = ("chunk", self.signature, tuple(shapes), num_samples, torch.get_num_threads(), str(device))
+
+        def measure():
+            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
+            seconds = {}
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                for k, n in shapes:
+                    args, kwargs, indices = data_chunk(n)
+                    calls = math.ceil(num_samples / k)
+                    self(args, kwargs, indices, k)  # compiles
+                    best = math.inf
+                    for _ in range(2):
+                        sync(device)
+                        start = time.perf_counter()
+                        for _ in range(calls):
+                            self(args, kwargs, indices, k)
+                        sync(device)
+                        best = min(best, time.perf_counter() - start)
+                    seconds[(k, n)] = best / (calls * k * n)
+            return min(seconds, key=seconds.get)
+
+        return _cached(key, measure)
