@@ -125,9 +125,10 @@ def main(argv=None) -> pd.DataFrame:
     data = load_dataset("mnist", args.data_dir, test_size=args.num_examples, train_size=args.num_examples)
     x = data.x_test  # (N, 784), a fixed binarization
     torch.manual_seed(args.seed)
-    twin = TorchVAE(x.shape[1], 50, (200, 200)).eval()
+    z_dim = 50
+    twin = TorchVAE(x.shape[1], z_dim, (200, 200)).eval()
     load_weights(twin, args.run)
-    user = UserVAE(twin.encoder, twin.decoder, 50)
+    user = UserVAE(twin.encoder, twin.decoder, z_dim)
 
     def theirs():
         return hand_written_log_px(twin, x, args.num_samples, chunk_samples=args.chunk_samples)
@@ -137,7 +138,7 @@ def main(argv=None) -> pd.DataFrame:
                                        compile=compile).log_px
 
     def decoder_only():
-        z = torch.zeros(args.chunk_samples, 50)
+        z = torch.zeros(args.chunk_samples, z_dim)
         with torch.no_grad():
             for _ in range(len(x)):
                 for start in range(0, args.num_samples, args.chunk_samples):

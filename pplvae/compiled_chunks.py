@@ -65,10 +65,14 @@ def _cached(key: tuple, make: Callable[[], object]) -> object:
 
 
 class _Signature:
-    """A program's operator list, hashed once (chunk calls look it up hundreds of times)."""
+    """A program's operator list, hashed once (chunk calls look it up hundreds of times).
 
-    def __init__(self, ops: tuple):
-        self.ops, self._hash = ops, hash(ops)
+    It holds the tensors it names by identity, so that no other tensor can take
+    their ids while a cache key made from it lives.
+    """
+
+    def __init__(self, ops: tuple, outside: list[torch.Tensor]):
+        self.ops, self.outside, self._hash = ops, outside, hash(ops)
 
     def __hash__(self) -> int:
         return self._hash
@@ -140,7 +144,7 @@ def program_signature(log_weights: Callable, args: tuple, kwargs: dict, indices:
     mode = _SignatureMode(inputs)
     with torch.random.fork_rng(devices=devices), mode:
         log_weights(args, kwargs, indices, 1)
-    return _Signature(tuple(mode.ops))
+    return _Signature(tuple(mode.ops), mode.outside)
 
 
 class CompiledLogWeights:
