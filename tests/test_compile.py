@@ -162,3 +162,23 @@ def test_the_compiled_estimator_times_its_chunk_size_when_no_budget_is_given():
     assert 1 <= k <= 2000 and 1 <= n <= 6
     again = pplvae.log_marginal_likelihood(model, guide, x, num_samples=2000, compile=True)
     assert again.chunk_shape == result.chunk_shape  # the choice is kept for the program
+
+
+def test_transcendentals_between_matrix_products_run_as_aten_kernels_with_the_same_values():
+    """A tanh between two Linear layers has nothing to fuse with: it becomes an ATen call in the graph,
+    while the last tanh, which Inductor fuses with the add after it, stays; the compiled values agree."""
+    from torch import nn
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pplvae.compiled_chunks import keep_unfusable_transcendentals
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3), nn.Tanh())
+    x = torch.randn(4, 5)
+    with torch.no_grad():
+        graph = make_fx(lambda x: mlp(x) + 1.0)(x)
+        assert keep_unfusable_transcendentals(graph) == 1
+        targets = [node.target for node in graph.graph.nodes]
+        assert targets.count(torch.ops.pplvae.aten_pointwise.default) == 1
+        assert targets.count(torch.ops.aten.tanh.default) == 1
+        torch.testing.assert_close(torch.compile(graph)(x), mlp(x) + 1.0)
