@@ -12,16 +12,16 @@ inside the estimator. Anything it does not recognize is scored by its own
 Recognized (by exact type; a subclass may have its own ``log_prob``):
 
 * ``Bernoulli`` (also ``.to_event(n)``), on a CPU. For logits l_d and pixels
-  x_d in [0, 1], since softplus(l) = max(l, 0) - log sigmoid(|l|),
+  x_d in [0, 1], since softplus(l) = max(l, 0) + log(1 + exp(-|l|)),
 
       log p(x | l) = sum_d [x_d l_d - softplus(l_d)]
-                   = sum_d l_d (x_d - 1/2) - 1/2 sum_d |l_d| + sum_d log sigmoid(|l_d|).
+                   = sum_d l_d (x_d - 1/2) - 1/2 sum_d |l_d| - sum_d log(1 + exp(-|l_d|)).
 
-  sigmoid(|l|) lies in [1/2, 1], so a product of b such factors stays above
-  2^-b and cannot underflow while 2^-b is a normal number of the dtype; the
+  1 + exp(-|l|) lies in [1, 2], so a product of b such factors stays below
+  2^b and cannot overflow while 2^b is well inside the dtype's range; the
   log is taken once per block of b pixels instead of once per pixel (one
-  ``sigmoid`` per pixel in place of ``binary_cross_entropy_with_logits``'s
-  ``exp`` and ``log1p``), and where the pixels are shared by many samples
+  ``exp`` per pixel in place of ``binary_cross_entropy_with_logits``'s
+  ``exp`` and ``log1p``, and no division as in a ``sigmoid``), and where the pixels are shared by many samples
   (K samples of z for one image) the first sum is a matrix product. On a GPU these kernels are memory-bound and the
   fused cross-entropy is one pass, so Bernoulli sites keep their own
   ``log_prob`` there.
@@ -64,7 +64,7 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
 
     The same value as ``dist.Bernoulli(logits=logits).log_prob(value).sum(-1)``
     (to float rounding), by the block-product identity of this module's
-    docstring: one ``sigmoid`` per pixel and one ``log`` per block of pixels.
+    docstring: one ``exp`` per pixel and one ``log`` per block of pixels.
 
     Args:
         logits: (..., D) logits l_d of the pixel probabilities sigmoid(l_d).
@@ -89,14 +89,14 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
     out = dot - 0.5 * magnitude.sum(-1)  # (...)
     d = logits.shape[-1]
     block = _block_size(d, logits.dtype)
-    sigmoids = magnitude.sigmoid_().unflatten(-1, (d // block, block))  # (..., D / b, b), in [1/2, 1]
-    return out + sigmoids.prod(-1).log_().sum(-1)
+    factors = magnitude.neg_().exp_().add_(1).unflatten(-1, (d // block, block))  # (..., D / b, b), in [1, 2]
+    return out - factors.prod(-1).log_().sum(-1)
 
 
 @functools.lru_cache(maxsize=None)
 def _block_size(d: int, dtype: torch.dtype) -> int:
-    """The largest divisor b of D with b <= 64 and 2^-b a normal number of ``dtype`` (b <= 63 in float32)."""
-    limit = min(_MAX_BLOCK, int(-math.log2(torch.finfo(dtype).tiny)) // 2)
+    """The largest divisor b of D with b <= 64 and 2^(2b) finite in ``dtype`` (b <= 63 in float32)."""
+    limit = min(_MAX_BLOCK, int(math.log2(torch.finfo(dtype).max)) // 2)
     return max(b for b in range(1, limit + 1) if d % b == 0)
 
 
