@@ -21,8 +21,9 @@ Recognized (by exact type; a subclass may have its own ``log_prob``):
   2^b and cannot overflow while 2^b is well inside the dtype's range; the
   log is taken once per block of b pixels instead of once per pixel (one
   ``exp`` per pixel in place of ``binary_cross_entropy_with_logits``'s
-  ``exp`` and ``log1p``, and no division as in a ``sigmoid``), and where the pixels are shared by many samples
-  (K samples of z for one image) the first sum is a matrix product. On a GPU these kernels are memory-bound and the
+  ``exp`` and ``log1p``, and no division as in a ``sigmoid``). All three sums
+  run block by block, so that a compiler fuses them into one pass over the
+  logits. On a GPU these kernels are memory-bound and the
   fused cross-entropy is one pass, so Bernoulli sites keep their own
   ``log_prob`` there.
 * ``Normal`` (also ``.to_event(n)``) whose parameters a plate expanded:
@@ -81,16 +82,13 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
         >>> dist.Bernoulli(logits=logits).log_prob(x).sum(-1)
         tensor([-1.1333])
     """
-    magnitude = logits.abs()  # (..., D)
-    if value.numel() < logits.numel():  # one image's pixels shared by its samples: a matrix product
-        dot = torch.einsum("...d,...d->...", logits, value - 0.5)
-    else:
-        dot = (logits * (value - 0.5)).sum(-1)
-    out = dot - 0.5 * magnitude.sum(-1)  # (...)
     d = logits.shape[-1]
     block = _block_size(d, logits.dtype)
-    factors = magnitude.neg_().exp_().add_(1).unflatten(-1, (d // block, block))  # (..., D / b, b), in [1, 2]
-    return out - factors.prod(-1).log_().sum(-1)
+    logits = logits.unflatten(-1, (d // block, block))  # (..., D / b, b): every sum below runs per block
+    magnitude = logits.abs()
+    terms = (logits * (value - 0.5).unflatten(-1, (d // block, block))).sum(-1) - 0.5 * magnitude.sum(-1)
+    factors = magnitude.neg_().exp_().add_(1)  # 1 + exp(-|l|), in [1, 2]
+    return (terms - factors.prod(-1).log_()).sum(-1)
 
 
 @functools.lru_cache(maxsize=None)
