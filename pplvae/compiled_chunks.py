@@ -24,14 +24,9 @@ as long ones:
   the torch thread count. On a CPU a compiled chunk has little fixed cost, so
   a chunk whose working set stays in the caches can beat a larger one; which
   size wins depends on the machine and the networks, so it is measured.
-* **Unfusable transcendentals keep ATen's kernel (CPU).** Inductor earns its
-  speed by fusing; a ``tanh`` (``exp``, ``sigmoid``, ...) between two matrix
-  products, as in an MLP, has nothing to fuse with, and there Inductor's
-  generated loop is slower than ATen's own kernel, which calls the vendor's
-  vector math (MKL on x86: ``tanh`` of the decoder's 2 x 5000 x 200 hidden
-  units per image took 0.7 ms against 3.9 ms on a 2-core Xeon). Such an
-  operator runs as an ATen call inside the compiled graph; operators Inductor
-  can fuse with a neighbour, and everything on a GPU, are compiled as usual.
+* **Unfusable transcendentals keep ATen's kernel (CPU)**: an MLP's ``tanh``
+  runs by ATen's vector math instead of Inductor's loop
+  (:mod:`pplvae.inductor_passes`).
 
 The trials and the recordings run under a forked torch RNG: the estimate's
 draws are the ones an uncompiled run with the same chunk shape takes.
@@ -48,9 +43,9 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["CompiledLogWeights", "clear_cache", "keep_unfusable_transcendentals", "program_signature"]
+from pplvae.inductor_passes import UnfusableTranscendentals
 
-aten = torch.ops.aten
+__all__ = ["CompiledLogWeights", "clear_cache", "program_signature"]
 
 CACHE_SIZE = 16
 """Compiled graphs and chunk choices kept per process (least recently used dropped first)."""
@@ -157,59 +152,6 @@ def program_signature(log_weights: Callable, args: tuple, kwargs: dict, indices:
     return _Signature(tuple(mode.ops), mode.outside)
 
 
-_TRANSCENDENTAL = {
-    aten.tanh.default, aten.exp.default, aten.log.default, aten.sigmoid.default, aten.log1p.default,
-    aten.expm1.default, aten.erf.default, aten.sin.default, aten.cos.default,
-}
-_MATRIX_PRODUCTS = {
-    aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.convolution.default,
-}
-
-
-@torch.library.custom_op("pplvae::aten_pointwise", mutates_args=())
-def _aten_pointwise(x: torch.Tensor, op: str) -> torch.Tensor:
-    """``aten.<op>(x)`` as ATen's own kernel: a custom operator, which Inductor calls instead of generating code."""
-    return getattr(aten, op).default(x)
-
-
-@_aten_pointwise.register_fake
-def _(x: torch.Tensor, op: str) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
-def _through_views(node, up: bool):
-    """The nodes ``node`` reads (``up``) or that read it, looking through views."""
-    found = []
-    for other in (node.all_input_nodes if up else node.users):
-        if isinstance(other.target, torch._ops.OpOverload) and other.target.is_view:
-            found += _through_views(other, up)
-        else:
-            found.append(other)
-    return found
-
-
-def keep_unfusable_transcendentals(graph: torch.fx.GraphModule) -> int:
-    """Run the transcendental operators found between matrix products as ATen calls; returns how many.
-
-    A node qualifies when its operator is one of ``tanh``, ``exp``, ``log``,
-    ``sigmoid``, ``log1p``, ``expm1``, ``erf``, ``sin``, ``cos``, its input
-    is a matrix product's output and all its readers are matrix products
-    (views in between are looked through): Inductor has nothing to fuse it with.
-    """
-    changed = 0
-    for node in graph.graph.nodes:
-        if node.op != "call_function" or node.target not in _TRANSCENDENTAL:
-            continue
-        producers, readers = _through_views(node, up=True), _through_views(node, up=False)
-        if (len(producers) == 1 and producers[0].target in _MATRIX_PRODUCTS and readers
-                and all(r.target in _MATRIX_PRODUCTS for r in readers)):
-            node.target, node.args = torch.ops.pplvae.aten_pointwise.default, (node.args[0], node.target._opname)
-            changed += 1
-    if changed:
-        graph.recompile()
-    return changed
-
-
 class CompiledLogWeights:
     """``log_weights(args, kwargs, indices, k)`` run as a compiled graph, from the process-wide cache.
 
@@ -228,7 +170,8 @@ class CompiledLogWeights:
     def __init__(self, log_weights: Callable, signature: tuple, options: dict | None = None):
         self.log_weights = log_weights
         self.signature = signature
-        self.options = {**(options or {}), "fallback_random": True}
+        self.options = {"post_grad_custom_pre_pass": UnfusableTranscendentals(), **(options or {}),
+                        "fallback_random": True}
 
     def __call__(self, args: tuple, kwargs: dict, indices: torch.Tensor, num_particles: int) -> torch.Tensor:
         args = (*args, indices)  # the chunk's global indices are an input of the graph, not a constant
@@ -248,8 +191,6 @@ class CompiledLogWeights:
             devices = [t.device for t in tensors if t.device.type == "cuda"][:1]
             with torch.random.fork_rng(devices=devices):  # recording runs the program: keep its draws out
                 graph = make_fx(run, tracing_mode="real")(*tensors)
-            if all(t.device.type == "cpu" for t in tensors):
-                keep_unfusable_transcendentals(graph)
             return torch.compile(graph, dynamic=False, options=self.options)
 
         return _cached(key, compile_graph)(*tensors)

@@ -170,15 +170,22 @@ def test_transcendentals_between_matrix_products_run_as_aten_kernels_with_the_sa
     from torch import nn
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from pplvae.compiled_chunks import keep_unfusable_transcendentals
+    from pplvae.inductor_passes import UnfusableTranscendentals, keep_unfusable_transcendentals
 
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3), nn.Tanh())
     x = torch.randn(4, 5)
     with torch.no_grad():
         graph = make_fx(lambda x: mlp(x) + 1.0)(x)
-        assert keep_unfusable_transcendentals(graph) == 1
+        assert keep_unfusable_transcendentals(graph.graph) == 1
+        graph.recompile()
         targets = [node.target for node in graph.graph.nodes]
         assert targets.count(torch.ops.pplvae.aten_pointwise.default) == 1
         assert targets.count(torch.ops.aten.tanh.default) == 1
         torch.testing.assert_close(torch.compile(graph)(x), mlp(x) + 1.0)
+    # as torch.compile's post-grad pass, in training: a tanh saved for the backward pass qualifies too
+    compiled = torch.compile(lambda x: mlp(x).sum(), options={"post_grad_custom_pre_pass": UnfusableTranscendentals()})
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(compiled(x), x)
+    (expected,) = torch.autograd.grad(mlp(x).sum(), x)
+    torch.testing.assert_close(grad, expected)
