@@ -183,7 +183,7 @@ def test_transcendentals_between_matrix_products_run_as_aten_kernels_with_the_sa
         assert targets.count(torch.ops.pplvae.aten_pointwise.default) == 1
         assert targets.count(torch.ops.aten.tanh.default) == 1
         torch.testing.assert_close(torch.compile(graph)(x), mlp(x) + 1.0)
-    # as torch.compile's post-grad pass, in training: a tanh saved for the backward pass qualifies too
+    # as torch.compile's post-grad pass, under autograd: gradients are unchanged
     compiled = torch.compile(lambda x: mlp(x).sum(), options={"post_grad_custom_pre_pass": UnfusableTranscendentals()})
     x.requires_grad_(True)
     (grad,) = torch.autograd.grad(compiled(x), x)
