@@ -115,6 +115,7 @@ def test_trace_once_script_runs(data_dir):
     assert "replayed" in out and "pplvae" in out
 
 
+@pytest.mark.slow
 def test_distributed_throughput_measures_one_and_two_processes(tmp_path, data_dir):
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "PPLVAE_DATA_DIR": str(data_dir)}

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pyro
+import pytest
 import torch
 
 from pplvae import load_checkpoint, log_marginal_likelihood
 from pplvae.distributed import rank_seed, shard_range
-from pplvae.evaluation import EVALUATION, evaluate_run
+from pplvae.evaluation import evaluate_run
+from pplvae.runs import EVALUATION
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +61,7 @@ def test_the_ranks_shares_of_a_step_are_one_rank_s_minibatch():
     assert not torch.equal(next(shard_batches(256, 128, 3, 1, 0, 1)), next(shard_batches(256, 128, 3, 2, 0, 1)))
 
 
+@pytest.mark.slow
 def test_two_ranks_at_batch_64_equal_one_process_at_batch_128(tmp_path):
     """The definition of correct data parallelism: same global minibatches, same updates.
 
@@ -87,6 +90,7 @@ def test_two_ranks_at_batch_64_equal_one_process_at_batch_128(tmp_path):
             assert not torch.equal(value, initial[name]), f"{name} did not train"
 
 
+@pytest.mark.slow
 def test_two_rank_estimates_are_one_process_estimates_of_the_shards(tmp_path):
     """Sharded log p(x): rank r estimates rows shard_range(N, r, 2) after seeding rank_seed(seed, r).
 
@@ -110,6 +114,7 @@ def test_two_rank_estimates_are_one_process_estimates_of_the_shards(tmp_path):
     assert (got["log_px"] - whole.log_px).abs().max() < 1.0  # K=50 against K=5000: Monte Carlo error only
 
 
+@pytest.mark.slow
 def test_a_run_resumed_with_two_ranks_equals_an_uninterrupted_one(tmp_path):
     """Stopped after epoch 1 and resumed: every rank's random stream (reparameterization noise and
     dynamic binarization) is restored from the checkpoint, so the weights and metrics are exact."""
@@ -128,6 +133,7 @@ def test_a_run_resumed_with_two_ranks_equals_an_uninterrupted_one(tmp_path):
                                   pd.read_csv(tmp_path / "straight" / "metrics.csv")[columns])
 
 
+@pytest.mark.slow
 def test_a_dead_rank_fails_the_job_clearly_and_keeps_the_last_checkpoint(tmp_path, data_dir):
     """Rank 1 is killed (SIGKILL) as epoch 2 starts: torchrun exits non-zero naming rank 1, rank 0
     says it lost a rank, and the epoch-1 checkpoint is whole. The folder then evaluates under

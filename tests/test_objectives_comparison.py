@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPT = BENCHMARKS / "objectives_comparison.py"
 
 
+@pytest.mark.slow
 def test_objectives_comparison_smoke(tmp_path, data_dir):
     out = tmp_path / "comparison"
     command = [sys.executable, str(SCRIPT), "--data-dir", str(data_dir), "--train-size", "300",
