@@ -37,7 +37,7 @@ import pyro
 import torch
 
 from pplvae.active_units import active_units
-from pplvae.runs import save_csv
+from pplvae.runs import BURDA_RESULTS, save_csv
 from pplvae.data import ImageData
 from pplvae.evaluation import evaluate_run
 from pplvae.models import HVAE, VAE, HVAEConfig, VAEConfig
@@ -57,7 +57,6 @@ BURDA_TABLE_1 = {
 }
 #: ``--model`` choices: one stochastic layer (784-200-200-50) or two (784-200-200-100-100-100-50).
 BURDA_MODELS = ("vae", "hvae")
-RESULTS = "burda.csv"
 
 
 def burda_model(name: str, x_dim: int) -> VAE | HVAE:
@@ -173,5 +172,5 @@ def run_burda_protocol(
         "train_seconds": train_seconds, "eval_seconds": estimate["seconds"],
     }
     table = pd.DataFrame([row])
-    save_csv(Path(out) / RESULTS, table)
+    save_csv(Path(out) / BURDA_RESULTS, table)
     return table

@@ -25,13 +25,13 @@ from pplvae import distributed
 from pplvae.burda_protocol import BURDA_MODELS, run_burda_protocol
 from pplvae.data import DATASETS, IMAGE_SHAPES, load_dataset
 from pplvae.marginal import CPU_MEMORY_BYTES_PER_THREAD, CUDA_MEMORY_BYTES
-from pplvae.evaluation import ESTIMATORS, EVALUATION, EVALUATION_AIS, SPLITS, evaluate_run
-from pplvae.models import MODELS, build_model, model_config
+from pplvae.evaluation import ESTIMATORS, SPLITS, evaluate_run
+from pplvae.models import MODELS, VAEConfig, build_model, model_config
 from pplvae.networks import ACTIVATIONS, DECODERS
 from pplvae.objectives import GRADIENTS, KERNELS, OBJECTIVES
 from pplvae.plots import plot_reconstructions, plot_run, plot_samples
-from pplvae.runs import (CHECKPOINT, RunError, describe_changes, load_checkpoint, load_run, read_run_config,
-                         resume_changes, run_lock)
+from pplvae.runs import (BURDA_RESULTS, CHECKPOINT, EVALUATION, EVALUATION_AIS, RECONSTRUCTIONS, SAMPLES, RunError,
+                         describe_changes, load_checkpoint, load_run, read_run_config, resume_changes, run_lock)
 from pplvae.schedules import BURDA_STAGES, SCHEDULES, burda_epochs
 from pplvae.training import COMPILE_MODES, NonFiniteLossError, TrainConfig, fit
 
@@ -112,36 +112,45 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="fit a model by SVI and write a run folder")
+    model_defaults, train_defaults = VAEConfig(x_dim=1), TrainConfig()  # the flags' defaults are the configs'
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
     train.add_argument("--model", choices=sorted(MODELS), default="vae")
-    train.add_argument("--z-dim", type=_positive_int, default=50)
-    train.add_argument("--hidden-dims", type=_positive_int, nargs="+", default=[200, 200], metavar="H")
-    train.add_argument("--activation", choices=sorted(ACTIVATIONS), default="tanh")
+    train.add_argument("--z-dim", type=_positive_int, default=model_defaults.z_dim, help="(default %(default)s)")
+    train.add_argument("--hidden-dims", type=_positive_int, nargs="+", default=list(model_defaults.hidden_dims),
+                       metavar="H", help="(default %(default)s)")
+    train.add_argument("--activation", choices=sorted(ACTIVATIONS), default=model_defaults.activation,
+                       help="(default %(default)s)")
     train.add_argument("--likelihood", choices=sorted(DECODERS),
                        help="default: bernoulli for mnist (binarized), gaussian for freyface")
-    train.add_argument("--epochs", type=int, default=10, help="total epochs (also when resuming; default 10)")
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (of the first epoch)")
+    train.add_argument("--epochs", type=int, default=train_defaults.epochs,
+                       help="total epochs (also when resuming; default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="(default %(default)s)")
+    train.add_argument("--lr", type=float, default=train_defaults.learning_rate,
+                       help="Adam's learning rate (of the first epoch; default %(default)s)")
     _add_optimizer_flags(train)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--objective", choices=OBJECTIVES, default="elbo",
+    train.add_argument("--seed", type=int, default=train_defaults.seed)
+    train.add_argument("--objective", choices=OBJECTIVES, default=train_defaults.objective,
                        help="elbo (sampled KL), elbo-analytic (closed-form KL), iwae (K-sample bound), "
-                            "mmd (MMD-VAE)")
-    train.add_argument("--beta", type=float, default=1.0, help="KL weight for elbo / elbo-analytic (beta-VAE)")
-    train.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
-                       help="raise beta linearly from 0 over this many epochs")
-    train.add_argument("--num-particles", type=int, default=1, metavar="K", help="samples of z per datapoint")
-    train.add_argument("--gradient", choices=GRADIENTS, default="standard",
+                            "mmd (MMD-VAE); default %(default)s")
+    train.add_argument("--beta", type=float, default=train_defaults.beta,
+                       help="KL weight for elbo / elbo-analytic (beta-VAE; default %(default)s)")
+    train.add_argument("--kl-warmup", type=float, default=train_defaults.kl_warmup, metavar="EPOCHS",
+                       help="raise beta linearly from 0 over this many epochs (default %(default)s)")
+    train.add_argument("--num-particles", type=int, default=train_defaults.num_particles, metavar="K",
+                       help="samples of z per datapoint (default %(default)s)")
+    train.add_argument("--gradient", choices=GRADIENTS, default=train_defaults.gradient,
                        help="gradient estimator for --objective iwae: standard or dreg (doubly reparameterized)")
-    train.add_argument("--mmd-weight", type=float, default=1000.0, metavar="LAMBDA",
-                       help="per-datapoint weight of MMD^2 for --objective mmd")
-    train.add_argument("--kernel", choices=KERNELS, default="gaussian", help="MMD kernel for --objective mmd")
+    train.add_argument("--mmd-weight", type=float, default=train_defaults.mmd_weight, metavar="LAMBDA",
+                       help="per-datapoint weight of MMD^2 for --objective mmd (default %(default)s)")
+    train.add_argument("--kernel", choices=KERNELS, default=train_defaults.kernel,
+                       help="MMD kernel for --objective mmd (default %(default)s)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--compile", action="store_true",
                        help="record the loss once and compile it with torch.compile (compile time once, "
-                            "10 to 30 s on a CPU; not with --kl-warmup)")
+                            "tens of seconds on a CPU; not with --kl-warmup or --gradient dreg)")
     train.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
-                       help="torch.compile mode; reduce-overhead uses CUDA graphs (small batches on a GPU)")
+                       help="torch.compile mode with --compile; reduce-overhead uses CUDA graphs "
+                            "(small batches on a GPU)")
     train.add_argument("--train-size", type=_positive_int, help="use only the first N training images")
     train.add_argument("--test-size", type=_positive_int, help="use only the first N test images")
     train.add_argument("--out", type=_path, help="run folder (default: runs/DATASET-MODEL)")
@@ -181,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.add_argument("--compile", action="store_true",
-                          help="compile the estimator with torch.compile (10 to 40 s once; for long estimates)")
+                          help="compile the estimator with torch.compile (tens of seconds once; for long estimates)")
     _add_data_flags(evaluate)
 
     reproduce = commands.add_parser("reproduce", help="a paper's protocol as one command")
@@ -320,7 +329,7 @@ def _png_path(out: Path | None, default: Path) -> Path:
 
 
 def sample(args: argparse.Namespace) -> None:
-    out = _png_path(args.out, args.run / "samples.png")
+    out = _png_path(args.out, args.run / SAMPLES)
     run = load_run(args.run, args.device)
     pyro.set_rng_seed(args.seed)
     image_shape = IMAGE_SHAPES[run.config["data"]["dataset"]]
@@ -328,7 +337,7 @@ def sample(args: argparse.Namespace) -> None:
 
 
 def reconstruct(args: argparse.Namespace) -> None:
-    out = _png_path(args.out, args.run / "reconstructions.png")
+    out = _png_path(args.out, args.run / RECONSTRUCTIONS)
     run = load_run(args.run, args.device)
     data = run.load_data(args.data_dir, args.download)
     print(plot_reconstructions(run.model, data.x_test, data.y_test, data.image_shape, out, args.num_images))
@@ -386,7 +395,7 @@ def reproduce(args: argparse.Namespace) -> None:
           f"{row['paper_nll']:.2f} (3280 epochs); test ELBO {row['test_elbo']:.2f}; "
           f"active units {row['active_units']}")
     print(table.to_string(index=False, float_format="%.2f"))
-    print(f"written to {out / 'burda.csv'}")
+    print(f"written to {out / BURDA_RESULTS}")
 
 
 COMMANDS = {"train": train, "sample": sample, "reconstruct": reconstruct, "evaluate": evaluate,

@@ -23,12 +23,10 @@ from pplvae import distributed
 from pplvae.ais import annealed_importance_sampling
 from pplvae.data.images import TEST_BINARIZATION_SEED, binarize
 from pplvae.marginal import MarginalLikelihood, log_marginal_likelihood
-from pplvae.runs import load_run, save_csv
+from pplvae.runs import EVALUATION, EVALUATION_AIS, load_run, save_csv
 
 logger = logging.getLogger(__name__)
 
-EVALUATION = "evaluation.csv"
-EVALUATION_AIS = "evaluation-ais.csv"
 SPLITS = ("test", "train")
 ESTIMATORS = ("is", "ais")
 
@@ -115,7 +113,7 @@ def evaluate_run(
         device = distributed.local_device(resolve_device(device))  # "cuda" is the rank's own GPU
     run = load_run(run_dir, device)
     data = run.load_data(data_dir, download)
-    x, labels = _split(data, split)
+    x, labels = split_images(data, split)
     x, labels = x[:max_examples], (None if labels is None else labels[:max_examples])
     args = run.model.batch_args(x, labels)
     if estimator == "ais":
@@ -213,8 +211,19 @@ def sharded_log_marginal_likelihood(model, guide, *args, num_samples: int, seed:
     return MarginalLikelihood(log_px, dict(zip(keys, bounds)), ess, pareto_k, num_samples, local.chunk_shape)
 
 
-def _split(data, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Images (N, x_dim) and labels (N,) or None of a split, fixed-binarized where the data are."""
+def split_images(data, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The images that ``evaluate_run`` scores: (N, x_dim) images and (N,) labels (or None) of a split.
+
+    ``"test"``: the data's test images (binarized MNIST's test set is one
+    fixed binarization). ``"train"``: the training images, of binarized data
+    one fixed binarization (seed ``TEST_BINARIZATION_SEED``) rather than a
+    new draw, so that every evaluation scores the same images.
+
+    Raises:
+        ValueError: ``split`` is not ``"test"`` or ``"train"``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     if split == "test":
         return data.x_test, data.y_test
     x = data.x_train

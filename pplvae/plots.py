@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torchvision.utils import save_image
 
-from pplvae.runs import atomic_write
+from pplvae.runs import CLASS_SAMPLES, ELBO_CURVES, LATENT_MEANS, MANIFOLD, RECONSTRUCTIONS, SAMPLES, atomic_write
 from pplvae.data import ImageData
 from pplvae.models import VAE
 
@@ -47,10 +47,10 @@ def plot_samples(model, image_shape, path, num_samples: int = 64) -> Path:
     """A grid of ``num_samples`` means of p(x|z), z ~ p(z) (``model.sample_images``).
 
     Raises:
-        ValueError: the model has no ``sample_images`` (it predicts from an input, as the quadrant models).
+        ValueError: the model has no ``sample_images`` (it predicts from an input, as a structured-output model does).
     """
     if not hasattr(model, "sample_images"):
-        raise ValueError(f"The {model.name} model has no p(x) to sample from; try `pplvae reconstruct`.")
+        raise ValueError(f"The {getattr(model, 'name', type(model).__name__)} model has no p(x) to sample from; try `pplvae reconstruct`.")
     model.eval()
     return save_image_grid(model.sample_images(num_samples), image_shape, path, nrow=int(num_samples**0.5))
 
@@ -161,13 +161,13 @@ def plot_run(model, data: ImageData, metrics: pd.DataFrame, run_dir: str | os.Pa
     x, labels = data.x_test, data.y_test
     paths = []
     if hasattr(model, "sample_images"):
-        paths.append(plot_samples(model, data.image_shape, run_dir / "samples.png"))
-    paths.append(plot_reconstructions(model, x, labels, data.image_shape, run_dir / "reconstructions.png"))
+        paths.append(plot_samples(model, data.image_shape, run_dir / SAMPLES))
+    paths.append(plot_reconstructions(model, x, labels, data.image_shape, run_dir / RECONSTRUCTIONS))
     if len(metrics):
-        paths.append(plot_elbo_curves(metrics, run_dir / "elbo.png"))
+        paths.append(plot_elbo_curves(metrics, run_dir / ELBO_CURVES))
     if hasattr(model, "sample_class_grid"):
-        paths.append(plot_class_grid(model, data.image_shape, run_dir / "class_samples.png"))
+        paths.append(plot_class_grid(model, data.image_shape, run_dir / CLASS_SAMPLES))
     if getattr(type(model), "decode", None) is VAE.decode and model.config.z_dim == 2:  # decode(z) of z alone
-        paths.append(plot_latent_manifold(model, data.image_shape, run_dir / "manifold.png"))
-        paths.append(plot_latent_means(model, x, labels, run_dir / "latent_means.png"))
+        paths.append(plot_latent_manifold(model, data.image_shape, run_dir / MANIFOLD))
+        paths.append(plot_latent_means(model, x, labels, run_dir / LATENT_MEANS))
     return paths

@@ -34,15 +34,25 @@ import torch
 from torch import nn
 
 from pplvae.data import ImageData, load_dataset
-from pplvae.models import build_model
+from pplvae.models import MODELS, build_model
 
 logger = logging.getLogger(__name__)
 
+# The files of a run folder. fit writes the first three; the commands add the others.
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 CONFIG = "config.json"
 LOCK = ".lock"
 RUN_FILES = (CHECKPOINT, METRICS, CONFIG)
+SAMPLES = "samples.png"  # means of p(x | z), z ~ p(z)
+RECONSTRUCTIONS = "reconstructions.png"  # test images above their reconstructions
+ELBO_CURVES = "elbo.png"  # train and test ELBO per epoch
+CLASS_SAMPLES = "class_samples.png"  # a conditional model's samples, one row per class
+MANIFOLD = "manifold.png"  # a 2-D latent space's decoded grid
+LATENT_MEANS = "latent_means.png"  # the guide's means of the test images, by label
+EVALUATION = "evaluation.csv"  # pplvae evaluate (importance sampling)
+EVALUATION_AIS = "evaluation-ais.csv"  # pplvae evaluate --estimator ais
+BURDA_RESULTS = "burda.csv"  # pplvae reproduce burda
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "rng")  # what resuming needs
 
 
@@ -349,6 +359,22 @@ def resume_changes(saved: dict, new: dict, epochs_done: int) -> dict[str, tuple]
     return changes
 
 
+def resumed_config(saved: dict, new: dict, epochs_done: int) -> tuple[dict, dict[str, tuple]]:
+    """The config a resumed run saves: ``new`` with the run's ``history`` of changes, and this resume's changes.
+
+    Each resume that changes a setting appends ``{"after_epoch": epochs_done,
+    "changes": {"section.key": [old, new]}}`` to the saved history.
+
+    Raises:
+        ValueError: as :func:`resume_changes`.
+    """
+    changes = resume_changes(saved, new, epochs_done) if saved else {}
+    history = saved.get("history", [])
+    if changes:
+        history = [*history, {"after_epoch": epochs_done, "changes": {k: list(v) for k, v in changes.items()}}]
+    return ({**new, "history": history} if history else new), changes
+
+
 def describe_changes(changes: dict[str, tuple]) -> str:
     """One line: ``train.epochs 2 -> 4, train.learning_rate 0.001 -> 0.0005``."""
     return ", ".join(f"{key} {a!r} -> {b!r}" for key, (a, b) in changes.items())
@@ -385,13 +411,23 @@ class Run:
         return load_dataset(data.pop("dataset"), data_dir=data_dir, download=download, device=device, **data)
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") -> Run:
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto", model: nn.Module | None = None) -> Run:
     """Load the model of a run folder written by ``pplvae train`` / :func:`pplvae.fit`.
+
+    Args:
+        run_dir: the run folder.
+        device: where the weights go; ``"auto"``: CUDA when there is one.
+        model: the model to load the weights into, for a run of your own
+            model/guide pair (any ``nn.Module`` with the run's parameter
+            names and shapes, e.g. built from the sizes in the run's
+            ``config.json``); default: the built-in model its config names
+            (:data:`pplvae.models.MODELS`), built from the saved sizes.
 
     Raises:
         FileNotFoundError: ``run_dir`` has no ``checkpoint.pt``.
         CheckpointError: the checkpoint is damaged, unsafe, lacks keys, or its
-            weights do not fit the model its config describes.
+            weights do not fit the model its config describes (or ``model``).
+        ValueError: the config names a model that is not built in and no ``model`` is given.
     """
     from pplvae.training import resolve_device  # training writes runs: imported here, not at the top
 
@@ -401,11 +437,19 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") ->
     state = load_checkpoint(path, map_location=device, keys=("model", "epoch"))
     try:
         config = state.get("config") or json.loads((run_dir / CONFIG).read_text())
-        model = build_model(**config["model"]).to(device)
+        name = config["model"]["name"]
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} has no readable model config ({_first_line(error)}).") from error
+    given = model is not None
+    if not given and name not in MODELS:
+        raise ValueError(f"{run_dir} holds a {name!r} model, not one of pplvae's ({', '.join(MODELS)}): "
+                         f"pass the model to load its weights into, load_run(run_dir, model=...).")
+    try:
+        model = (model if given else build_model(**config["model"])).to(device)
         model.load_state_dict(state["model"])
-    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} does not hold the weights of the model its config describes "
-                              f"({_first_line(error)}).") from error
+    except (KeyError, TypeError, RuntimeError) as error:
+        what = "the model given" if given else "the model its config describes"
+        raise CheckpointError(f"{path} does not hold the weights of {what} ({_first_line(error)}).") from error
     model.eval()
     metrics = pd.DataFrame()
     if (run_dir / METRICS).exists():

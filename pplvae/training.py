@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from pplvae import distributed
 from pplvae.runs import (CHECKPOINT, CHECKPOINT_KEYS, CONFIG, METRICS, describe_changes, get_rng_state,
-                         load_checkpoint, resume_changes, run_lock, save_checkpoint, save_csv, save_json,
+                         load_checkpoint, resumed_config, run_lock, save_checkpoint, save_csv, save_json,
                          set_rng_state)
 from pplvae.data import ImageData
 from pplvae.data.batches import batch_size_of, iterate_batches, num_datapoints
@@ -96,11 +96,14 @@ class TrainConfig:
             :class:`NonFiniteLossError`; 0 (default): the first one stops it.
         compile: train with :class:`CompiledLoss`: the loss recorded once as an
             operator graph and compiled by ``torch.compile`` (the same values
-            and gradients to float rounding; compile time once, about 10 to
-            30 s on a CPU). Needs a model whose sites and Python constants are
-            the same at every step, so not with ``kl_warmup``.
-        compile_mode: ``torch.compile``'s mode: ``"default"``, or
-            ``"reduce-overhead"`` (CUDA graphs, for small batches on a GPU).
+            and gradients to float rounding; the compile time, tens of seconds
+            on a CPU, is paid once and logged). Needs a model whose sites and
+            Python constants are the same at every step, so not with
+            ``kl_warmup``, and a gradient without tensor hooks, so not with
+            ``gradient="dreg"``.
+        compile_mode: ``torch.compile``'s mode with ``compile=True``:
+            ``"default"``, or ``"reduce-overhead"`` (CUDA graphs, for small
+            batches on a GPU; refused on a CPU).
     """
 
     epochs: int = 10
@@ -151,6 +154,8 @@ class TrainConfig:
                              "recorded by compile=True does not keep; train without --compile.")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode!r} is a mode of compile=True; add --compile.")
         self.build_objective()  # raises ValueError on options that do not fit the objective
         if int(self.num_workers) < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}.")
@@ -364,6 +369,9 @@ class Trainer:
         if config.compile and not self.differentiable:
             raise ValueError(f"compile=True needs an objective with differentiable_loss; "
                              f"{type(self.objective).__name__} has none.")
+        if config.compile_mode == "reduce-overhead" and self.device.type != "cuda":
+            raise ValueError(f"compile_mode='reduce-overhead' runs the loss as CUDA graphs, which need a GPU; "
+                             f"on {self.device} use compile_mode='default'.")
         self.step_loss = CompiledLoss(self.loss, config.compile_mode) if config.compile else self.loss
         if distributed.is_initialized():
             if not self.differentiable:
@@ -869,10 +877,7 @@ def _fit(model, data, config, run_dir, resume, progress, run_config, on_epoch, t
         saved = checkpoint.get("config") or {}
         run_config = run_config if run_config is not None else {**saved, "train": asdict(config)}
         run_config = _with_world(run_config, config)
-        changes = resume_changes(saved, run_config, checkpoint["epoch"]) if saved else {}
-        if changes:
-            entry = {"after_epoch": checkpoint["epoch"], "changes": {k: list(v) for k, v in changes.items()}}
-            run_config = {**run_config, "history": [*saved.get("history", []), entry]}
+        run_config, changes = resumed_config(saved, run_config, checkpoint["epoch"])
         trainer.load_state_dict(checkpoint)
         trainer.rebase_learning_rate(config.learning_rate, "scheduler" in checkpoint)
         logger.info("resuming %s after epoch %d%s", run_dir, trainer.epoch,

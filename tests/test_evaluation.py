@@ -10,7 +10,8 @@ import torch
 from pplvae import TrainConfig, VAE, VAEConfig, fit, load_dataset
 from pplvae.cli import main
 from pplvae.data.images import TEST_BINARIZATION_SEED
-from pplvae.evaluation import EVALUATION, EVALUATION_AIS, _split, evaluate_run
+from pplvae.evaluation import evaluate_run, split_images
+from pplvae.runs import EVALUATION, EVALUATION_AIS
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,8 @@ def test_same_seed_same_numbers(trained_run, data_dir):
 
 def test_training_split_is_scored_on_a_fixed_binarization(trained_run, data_dir):
     data = load_dataset("mnist", data_dir, train_size=50, test_size=10)
-    x, labels = _split(data, "train")
-    again, _ = _split(data, "train")
+    x, labels = split_images(data, "train")
+    again, _ = split_images(data, "train")
     assert torch.equal(x, again) and set(x.unique().tolist()) <= {0.0, 1.0}
     assert torch.equal(x, torch.bernoulli(data.x_train, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED)))
     assert torch.equal(labels, data.y_train)

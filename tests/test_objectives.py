@@ -304,10 +304,9 @@ def test_loss_terms_total_is_minus_the_loss(name, options):
     terms = objective.loss_terms(vae.model, vae.guide, x)
     loss = loss_at(objective, vae, x, seed=13)
     assert set(terms) == {"reconstruction", "kl", "total"} | ({"mmd"} if name == "mmd" else set())
-    # loss_terms runs without autograd, where the decoder's tanh and Bernoulli
-    # log-density take their gradient-free forms (pplvae.networks.Tanh,
-    # pplvae.distributions): equal up to float rounding of the terms, which
-    # the total (a difference of terms of hundreds of nats) does not shrink.
+    # loss_terms sums the reconstruction and KL terms apart, without autograd:
+    # equal up to float rounding of the terms, which the total (a difference
+    # of terms of hundreds of nats) does not shrink.
     scale = max(abs(terms["reconstruction"].item()), abs(terms["kl"].item()))
     assert torch.allclose(terms["total"], -loss, rtol=RTOL, atol=RTOL * scale)
     assert not any(t.requires_grad for t in terms.values())

@@ -1,4 +1,6 @@
-"""The variants as edits of the VAE: the class-conditional VAE, the quadrant CVAE and its baseline, the two-layer VAE.
+"""The variants as edits of the VAE: the class-conditional VAE, the two-layer VAE, and Sohn et al.'s quadrant
+CVAE and its baseline, whose models are a user's pairs written in ``examples/cvae_quadrants.py`` (loaded with
+``runpy``).
 
 Real-data tests use the first images of MNIST (conftest's ``data_dir``: skipped
 when it is missing, failed under CI). Log-likelihoods are estimated by the
@@ -6,6 +8,9 @@ generic estimator :func:`pplvae.log_marginal_likelihood`, unchanged for every va
 """
 
 from __future__ import annotations
+
+import runpy
+from pathlib import Path
 
 import pyro
 import pytest
@@ -16,8 +21,15 @@ from torch.nn import functional as F
 from pplvae import CVAE, HVAE, CVAEConfig, HVAEConfig, TrainConfig, fit, load_dataset, log_marginal_likelihood
 from pplvae.active_units import active_units, latent_mean_variances
 from pplvae.cli import main as cli_main
-from pplvae.data.quadrants import join_quadrants, quadrant_mask, split_quadrants
-from pplvae.models import QuadrantBaseline, QuadrantConfig, QuadrantCVAE, build_model
+from pplvae.models import build_model
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cvae_quadrants.py"
+_example = runpy.run_path(str(EXAMPLE))
+QuadrantBaseline, QuadrantConfig, QuadrantCVAE = (_example[n] for n in ("QuadrantBaseline", "QuadrantConfig",
+                                                                        "QuadrantCVAE"))
+quadrant_mask, split_quadrants, join_quadrants = (_example[n] for n in ("quadrant_mask", "split_quadrants",
+                                                                        "join_quadrants"))
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -46,8 +58,6 @@ def sample_shapes(model, *args) -> dict[str, tuple[int, ...]]:
 SITES = {
     "cvae": {"z": (4, 50), "x": (4, 784)},  # p(z) p(x | z, y)
     "hvae": {"z2": (4, 50), "z1": (4, 100), "x": (4, 784)},  # p(z2) p(z1 | z2) p(x | z1)
-    "quadrant-baseline": {"y": (4, 588)},  # p(y | x), y = the 3 unobserved quadrants
-    "quadrant-cvae": {"z": (4, 200), "y": (4, 588)},  # p(z | x) p(y | x, z)
 }
 
 
@@ -82,39 +92,6 @@ def test_class_grid_holds_z_down_a_column():
     grid = cvae.sample_class_grid(4).reshape(3, 4, 6)
     assert torch.allclose(grid[0], grid[1]) and torch.allclose(grid[0], grid[2])
     assert not torch.allclose(grid[0, 0], grid[0, 1])
-
-
-def test_quadrant_masks_split_and_join():
-    for n, observed in ((1, 196), (2, 392), (3, 588)):
-        mask = quadrant_mask((28, 28), n)
-        assert int(mask.sum()) == observed
-    image = quadrant_mask((4, 4), 1).reshape(4, 4)
-    assert image[2:, :2].all() and not image[:2].any() and not image[:, 2:].any()  # bottom left
-    x = torch.rand(3, 16)
-    mask = quadrant_mask((4, 4), 3)
-    assert torch.equal(join_quadrants(*split_quadrants(x, mask), mask), x)
-    with pytest.raises(ValueError, match="1, 2 or 3"):
-        quadrant_mask((28, 28), 4)
-
-
-def test_cvae_initialised_from_the_baseline_predicts_as_the_baseline_for_every_z():
-    config = QuadrantConfig(x_dim=64, observed_quadrants=2, z_dim=3, hidden_dims=(8, 8))
-    baseline = QuadrantBaseline(config)
-    cvae = QuadrantCVAE(config).init_from_baseline(baseline)
-    x, _ = baseline.batch_args(torch.bernoulli(torch.full((5, 64), 0.5)))
-    y_mean = cvae.predict(x, num_samples=7)  # (7, 5, 32), seven draws of z ~ p(z | x)
-    assert torch.allclose(y_mean, baseline.predict(x).expand(7, 5, 32), atol=1e-6)
-    with pytest.raises(ValueError, match="does not match"):
-        cvae.init_from_baseline(QuadrantBaseline(QuadrantConfig(x_dim=64, observed_quadrants=1, hidden_dims=(8, 8))))
-
-
-def test_baseline_elbo_is_its_exact_bernoulli_log_likelihood():
-    baseline = QuadrantBaseline(QuadrantConfig(x_dim=64, observed_quadrants=1, hidden_dims=(8,)))
-    x, y = baseline.batch_args(torch.bernoulli(torch.full((5, 64), 0.5)))
-    logits = baseline.net.logits(baseline.net.body(x))
-    exact = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")  # -log p(y | x), summed
-    loss = pyro.infer.Trace_ELBO().loss(baseline.model, baseline.guide, x, y)
-    assert loss == pytest.approx(exact.item(), rel=1e-6)
 
 
 def test_active_units_count_the_units_whose_mean_moves_with_x():
@@ -166,6 +143,60 @@ def test_class_conditional_bounds_are_ordered(trained_cvae, mnist):
     assert elbo <= iwae_50 <= log_px  # log p(x | y) bounds, nats per image
 
 
+# The math of each model, as sites and shapes for N = 4 images of 784 pixels, 3 observed quadrants.
+QUADRANT_SITES = {
+    "baseline": {"y": (4, 196)},  # p(y | x), y = the unobserved quadrant
+    "cvae": {"z": (4, 200), "y": (4, 196)},  # p(z | x) p(y | x, z)
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUADRANT_SITES))
+def test_quadrant_trace_has_the_sites_and_shapes_of_the_math(name):
+    config = QuadrantConfig(x_dim=784, observed_quadrants=3)
+    model = (QuadrantBaseline if name == "baseline" else QuadrantCVAE)(config)
+    args = model.batch_args(torch.bernoulli(torch.full((4, 784), 0.3)))
+    assert [tuple(a.shape) for a in args] == [(4, 588), (4, 196)]
+    guide_trace = poutine.trace(model.guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(*args)
+    shapes = {n: tuple(site["value"].shape) for n, site in model_trace.nodes.items()
+              if site["type"] == "sample" and n != "data"}
+    assert shapes == QUADRANT_SITES[name]
+    assert set(guide_trace.stochastic_nodes) - {"data"} == set(QUADRANT_SITES[name]) - {"y"}  # the guide samples z only
+
+
+def test_quadrant_masks_split_and_join():
+    for n, observed in ((1, 196), (2, 392), (3, 588)):
+        mask = quadrant_mask((28, 28), n)
+        assert int(mask.sum()) == observed
+    image = quadrant_mask((4, 4), 1).reshape(4, 4)
+    assert image[2:, :2].all() and not image[:2].any() and not image[:, 2:].any()  # bottom left
+    x = torch.rand(3, 16)
+    mask = quadrant_mask((4, 4), 3)
+    assert torch.equal(join_quadrants(*split_quadrants(x, mask), mask), x)
+    with pytest.raises(ValueError, match="1, 2 or 3"):
+        quadrant_mask((28, 28), 4)
+
+
+def test_cvae_initialised_from_the_baseline_predicts_as_the_baseline_for_every_z():
+    config = QuadrantConfig(x_dim=64, observed_quadrants=2, z_dim=3, hidden_dims=(8, 8))
+    baseline = QuadrantBaseline(config)
+    cvae = QuadrantCVAE(config).init_from_baseline(baseline)
+    x, _ = baseline.batch_args(torch.bernoulli(torch.full((5, 64), 0.5)))
+    y_mean = cvae.predict(x, num_samples=7)  # (7, 5, 32), seven draws of z ~ p(z | x)
+    assert torch.allclose(y_mean, baseline.predict(x).expand(7, 5, 32), atol=1e-6)
+    with pytest.raises(ValueError, match="does not match"):
+        cvae.init_from_baseline(QuadrantBaseline(QuadrantConfig(x_dim=64, observed_quadrants=1, hidden_dims=(8, 8))))
+
+
+def test_baseline_elbo_is_its_exact_bernoulli_log_likelihood():
+    baseline = QuadrantBaseline(QuadrantConfig(x_dim=64, observed_quadrants=1, hidden_dims=(8,)))
+    x, y = baseline.batch_args(torch.bernoulli(torch.full((5, 64), 0.5)))
+    logits = baseline.net.logits(baseline.net.body(x))
+    exact = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")  # -log p(y | x), summed
+    loss = pyro.infer.Trace_ELBO().loss(baseline.model, baseline.guide, x, y)
+    assert loss == pytest.approx(exact.item(), rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def quadrant_pair(mnist):
     """A baseline and a CVAE started from it, 3 epochs each on 3000 images, 2 observed quadrants."""
@@ -215,16 +246,14 @@ def test_command_line_trains_each_variant_on_mnist(name, data_dir, tmp_path, cap
                                     "m2_semisupervised.py"])
 def test_example_scripts_run(script, data_dir, tmp_path, monkeypatch, capsys):
     """Each example as ``python examples/SCRIPT`` with tiny flags, in this process (no second torch import)."""
-    import runpy
     import sys
-    from pathlib import Path
 
     flags = ["--epochs", "1", "--train-size", "300", "--test-size", "20", "--num-samples", "5", "--device", "cpu"]
     flags += ["--observed", "3"] if script == "cvae_quadrants.py" else []
     flags += ["--labels-per-class", "5"] if script == "m2_semisupervised.py" else []  # 50 labelled, 250 not
     path = Path(__file__).resolve().parents[1] / "examples" / script
     monkeypatch.setattr(sys, "argv", [str(path), *flags, "--data-dir", str(data_dir), "--out", str(tmp_path / "run")])
-    runpy.run_path(str(path), run_name="__main__")
+    namespace = runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert "log_px" in out or "quadrants.csv" in out
     if script == "m2_semisupervised.py":
@@ -235,4 +264,12 @@ def test_example_scripts_run(script, data_dir, tmp_path, monkeypatch, capsys):
         table = pd.read_csv(tmp_path / "run" / "quadrants.csv")
         assert list(table["observed_quadrants"]) == [3] and table["tutorial_cvae_neg_elbo"].item() == 24.2
         assert (tmp_path / "run" / "quadrants_q3.png").exists()
-        assert (tmp_path / "run" / "q3-cvae" / "checkpoint.pt").exists()
+        # a run of the example's own model loads into that model, as its docstring says
+        import json
+
+        from pplvae import load_run
+
+        saved = json.loads((tmp_path / "run" / "q3-cvae" / "config.json").read_text())["model"]
+        config = namespace["QuadrantConfig"](**{k: v for k, v in saved.items() if k != "name"})
+        run = load_run(tmp_path / "run" / "q3-cvae", device="cpu", model=namespace["QuadrantCVAE"](config))
+        assert run.model.target_dim == 196 and run.config["model"]["name"] == "quadrant-cvae"

@@ -20,7 +20,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from pplvae import TrainConfig, fit, log_marginal_likelihood
+from pplvae import CheckpointError, TrainConfig, fit, load_run, log_marginal_likelihood
 from pplvae.models.protocol import ImageModel, ModelGuidePair
 
 X_DIM, Z_DIM = 12, 2
@@ -68,6 +68,16 @@ def test_fit_writes_a_run_folder_for_a_users_model(tmp_path):
 
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["name"] == "PlainVAE" and saved["data"]["train_size"] == 96
+    # the run loads into the user's own model; without it, the message says how
+    with pytest.raises(ValueError, match="'PlainVAE' model, not one of pplvae's.*model=") as error:
+        load_run(tmp_path / "run", device="cpu")
+    assert "\n" not in str(error.value)
+    run = load_run(tmp_path / "run", device="cpu", model=PlainVAE())
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    for name, value in run.model.state_dict().items():
+        torch.testing.assert_close(value, trained[name], msg=name)
+    with pytest.raises(CheckpointError, match="does not hold the weights of the model given"):
+        load_run(tmp_path / "run", device="cpu", model=nn.Linear(2, 3))
 
 
 class DictDataset(Dataset):

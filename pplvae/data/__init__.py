@@ -12,7 +12,6 @@ from pplvae.data.freyface import load_freyface
 from pplvae.data.images import ImageData, binarize
 from pplvae.data.mnist import load_mnist
 from pplvae.data.paths import ENV_VAR, DataNotFoundError
-from pplvae.data.quadrants import join_quadrants, quadrant_mask, split_quadrants
 
 DATASETS = ("mnist", "freyface")
 #: (height, width) of one image of each data set.
@@ -82,10 +81,7 @@ __all__ = [
     "IMAGE_SHAPES",
     "ImageData",
     "binarize",
-    "join_quadrants",
     "load_dataset",
     "load_freyface",
     "load_mnist",
-    "quadrant_mask",
-    "split_quadrants",
 ]

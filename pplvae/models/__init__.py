@@ -8,12 +8,11 @@ from pplvae.models.cvae import CVAE, CVAEConfig
 from pplvae.models.hvae import HVAE, HVAEConfig
 from pplvae.models.iaf import IAFVAE, IAFConfig
 from pplvae.models.protocol import ImageModel, ModelGuidePair, check_model_guide
-from pplvae.models.quadrant import QuadrantBaseline, QuadrantConfig, QuadrantCVAE
 from pplvae.models.vae import VAE, VAEConfig
 from pplvae.models.vampprior import VampPriorConfig, VampPriorVAE
 
 #: Model classes by the name the command line and saved configs use.
-MODELS = {cls.name: cls for cls in (VAE, CVAE, HVAE, QuadrantBaseline, QuadrantCVAE, VampPriorVAE, IAFVAE)}
+MODELS = {cls.name: cls for cls in (VAE, CVAE, HVAE, VampPriorVAE, IAFVAE)}
 
 
 def build_model(name: str, **config) -> VAE:
@@ -46,9 +45,6 @@ __all__ = [
     "ImageModel",
     "MODELS",
     "ModelGuidePair",
-    "QuadrantBaseline",
-    "QuadrantCVAE",
-    "QuadrantConfig",
     "VAE",
     "VAEConfig",
     "VampPriorConfig",
