@@ -381,7 +381,10 @@ class Trainer:
             # broadcasts rank 0's parameters; backward() then averages the gradients over the ranks
             self.step_loss = nn.parallel.DistributedDataParallel(
                 self.step_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, betas=config.adam_betas,
+        # the parameters the optimiser steps, listed once (walking the module tree at every step costs
+        # about as much as a small network's forward pass)
+        self._params = list(self.model.parameters())
+        self.optimizer = torch.optim.Adam(self._params, lr=config.learning_rate, betas=config.adam_betas,
                                           eps=config.adam_eps, fused=self.device.type in ("cpu", "cuda"))
         self.scheduler = make_scheduler(self.optimizer, config.lr_schedule, config.epochs, config.lr_step_size,
                                         config.lr_gamma, config.lr_min)
@@ -408,13 +411,13 @@ class Trainer:
         # NaN and inf survive a sum, so one sum per gradient tensor is the check (an inf-norm of every
         # gradient, torch's _foreach_norm, took a third of a batch-20 step on a CPU); a sum of finite
         # gradients overflows only beyond 3e38, where training has diverged anyway.
-        grads = [p.grad.sum() for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad.sum() for p in self._params if p.grad is not None]
         gradient_sum = torch.stack(grads).sum() if grads else loss.new_zeros(())
         if not (torch.isfinite(loss) & torch.isfinite(gradient_sum)):
             what = "loss" if not torch.isfinite(loss) else "gradient"
             raise NonFiniteLossError(f"the {what} is not finite (loss {loss.item():.4g} nats per datapoint)")
         if self.config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+            torch.nn.utils.clip_grad_norm_(self._params, self.config.clip_norm)
         self.optimizer.step()
         return loss.detach()
 
