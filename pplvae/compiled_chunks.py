@@ -2,8 +2,9 @@
 
 ``log_marginal_likelihood(..., compile=True)`` scores every chunk of K samples
 by one compiled graph instead of a run of the Pyro program: no tracing, no
-handlers, and ``torch.compile`` fuses the elementwise work around the
-networks' matrix products. Three pieces make that pay on short runs as well
+handlers, and Inductor (``torch.compile``'s compiler, called on the recorded
+graph directly) fuses the elementwise work around the networks' matrix
+products. Three pieces make that pay on short runs as well
 as long ones:
 
 * **A program signature, cheap enough for every call.** One run of the
@@ -158,7 +159,7 @@ class CompiledLogWeights:
     Args:
         log_weights: ``f(args, kwargs, indices, num_particles) -> (num_particles, n)`` log-weights.
         signature: :func:`program_signature` of ``log_weights`` for the current call.
-        options: ``torch.compile`` options (``fallback_random`` is always on:
+        options: Inductor options, as ``torch.compile``'s (``fallback_random`` is always on:
             draws come from torch's generator, as in the uncompiled run).
 
     Calling it with a chunk's arguments records the chunk with ``make_fx``
@@ -191,7 +192,9 @@ class CompiledLogWeights:
             devices = [t.device for t in tensors if t.device.type == "cuda"][:1]
             with torch.random.fork_rng(devices=devices):  # recording runs the program: keep its draws out
                 graph = make_fx(run, tracing_mode="real")(*tensors)
-            return torch.compile(graph, dynamic=False, options=self.options)
+                # Inductor on the recorded graph itself, not through TorchDynamo: the graph is already
+                # captured, and Dynamo's guards on the graph's parameters would be checked at every chunk
+                return torch._inductor.compile(graph, list(tensors), options=self.options)
 
         return _cached(key, compile_graph)(*tensors)
 

@@ -218,7 +218,7 @@ def log_marginal_likelihood(
             (:class:`pplvae.TrainConfig`'s ``validate``).
         compile: score the chunks by a compiled graph
             (:mod:`pplvae.compiled_chunks`): one chunk recorded with
-            ``make_fx`` and compiled with ``torch.compile``, kept for the
+            ``make_fx`` and compiled by Inductor (``torch.compile``'s compiler), kept for the
             process and reused by later calls while the program (operators,
             parameters by identity) is the same; weights changed in place are
             read at run time. Without ``max_memory_bytes``, three chunk

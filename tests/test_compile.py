@@ -101,12 +101,11 @@ def test_the_compiled_estimator_follows_weights_and_networks_changed_between_cal
     uncompiled estimate with the same draws."""
     import pplvae
     from pplvae import compiled_chunks
-    from pplvae.marginal import default_memory_budget
 
     compiled_chunks.clear_cache()
     compiles = []
-    compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda *a, **kw: compiles.append(1) or compile(*a, **kw))
+    compile = torch._inductor.compile
+    monkeypatch.setattr(torch._inductor, "compile", lambda *a, **kw: compiles.append(1) or compile(*a, **kw))
     pyro.set_rng_seed(0)
     vae = VAE(VAEConfig(x_dim=12, z_dim=2, hidden_dims=(8,)))
     x = torch.bernoulli(torch.full((5, 12), 0.4))
