@@ -72,7 +72,9 @@ BOUND_SIZES = (1, 5, 50)
 # memory is estimated as this many copies of every site's batch+event tensor.
 _WORKING_COPIES = 4
 # Log-weights of several chunks are summarized in one update (a few small
-# kernels each, paid per update rather than per chunk), at most this many at once.
+# kernels each, paid per update rather than per chunk), at most this many at
+# once: the sample chunks of one data chunk, and the whole (K, n) log-weights
+# of consecutive data chunks side by side (the summaries are per datapoint).
 _PENDING_WEIGHTS = 2**20
 _PROBE_SIZE = 4
 _MIN_TAIL = 10
@@ -291,6 +293,16 @@ def log_marginal_likelihood(
                               for i in range(3)]
                     shapes = list(dict.fromkeys(shapes))
                     k_chunk, n_chunk = log_weights.fastest_chunk_shape(shapes, num_samples, first_rows, device)
+
+            def write(acc, start, stop):
+                nonlocal out  # written into tensors allocated once, not kept as small per-chunk tensors
+                chunk = acc.finish()
+                if out is None:
+                    out = {key: value.new_empty(value.shape[:-1] + (num_data,)) for key, value in chunk.items()}
+                for key, value in chunk.items():
+                    out[key][..., start:stop] = value
+
+            held, held_start = [], 0  # whole (K, n) log-weights of data chunks from held_start on, not summarized yet
             for start in range(0, num_data, n_chunk):
                 stop = min(start + n_chunk, num_data)
                 chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
@@ -300,18 +312,24 @@ def log_marginal_likelihood(
                     k = min(k_chunk, num_samples - k_start)
                     parts.append(log_weights(chunk_args, chunk_kwargs, indices[start:stop], k))  # (k, stop - start)
                     pending += parts[-1].numel()
-                    if pending >= _PENDING_WEIGHTS or k_start + k == num_samples:
+                    if pending >= _PENDING_WEIGHTS and k_start + k < num_samples:
                         acc.update(torch.cat(parts) if len(parts) > 1 else parts[0])
                         parts, pending = [], 0
                     if progress is not None:
                         progress(k * (stop - start))
-                # Written into tensors allocated once, rather than kept as small
-                # per-chunk tensors until the end.
-                chunk = acc.finish()
-                if out is None:
-                    out = {key: value.new_empty(value.shape[:-1] + (num_data,)) for key, value in chunk.items()}
-                for key, value in chunk.items():
-                    out[key][..., start:stop] = value
+                last = torch.cat(parts) if len(parts) > 1 else parts[0]
+                if acc.count == 0:  # the whole K in one block: held, to be summarized with its neighbours
+                    held.append(last)  # (K, stop - start)
+                if held and (acc.count or sum(h.numel() for h in held) >= _PENDING_WEIGHTS or stop == num_data):
+                    together = _StreamingWeights(group_sizes, tail_size)
+                    together.update(torch.cat(held, dim=1) if len(held) > 1 else held[0])
+                    write(together, held_start, start if acc.count else stop)
+                    held = []
+                if acc.count:  # K needed several updates: this data chunk is summarized alone
+                    acc.update(last)
+                    write(acc, start, stop)
+                if not held:
+                    held_start = stop
     bounds = {g: out[f"iwae_{g}"] for g in group_sizes}
     bounds[num_samples] = out["log_px"]
     return MarginalLikelihood(
@@ -563,7 +581,7 @@ def _tail_size(num_samples: int) -> int:
 
 
 class _StreamingWeights:
-    """Running summaries of one data chunk's log-weights, fed (k, n) blocks in sample order.
+    """Running summaries of the log-weights of n datapoints, fed (k, n) blocks in sample order.
 
     Keeps, per datapoint and in float64: the running maximum m, sum exp(lw - m),
     sum exp(2 (lw - m)), the running sum of group logsumexps for every IWAE group

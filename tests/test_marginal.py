@@ -188,6 +188,19 @@ def test_exact_posterior_chunked_equals_unchunked(lg, x):
     torch.testing.assert_close(tiny.ess, whole.ess, rtol=1e-9, atol=0)
 
 
+def test_a_datapoint_with_more_weights_than_one_summary_update_is_still_exact(lg, x):
+    """K = 1.5 x 2^20 log-weights per datapoint are summarized in more than one update (each takes at
+    most 2^20), chunk by chunk; with the exact posterior as guide every bound is log p(x) and the ESS is K."""
+    x = x[:2]
+    num_samples = 3 * 2**19
+    result = log_marginal_likelihood(lg.model, lg.exact_guide, x, num_samples=num_samples, max_memory_bytes=2**24)
+    assert result.chunk_shape[0] < num_samples and result.chunk_shape[1] == 1
+    exact = lg.exact_log_px(x)
+    for k, bound in result.bounds.items():
+        torch.testing.assert_close(bound, exact, rtol=0, atol=1e-8, msg=f"IWAE-{k}")
+    torch.testing.assert_close(result.ess, torch.full_like(result.ess, num_samples), rtol=1e-9, atol=0)
+
+
 def test_chunk_shapes_fit_the_budget_and_split_samples_evenly():
     cell = 14_000  # bytes per (sample, datapoint), about the 784-pixel VAE's
     assert _chunk_shape(5000, 10_000, cell, 64 * 2**20) == (2500, 1)  # 4793 cells: 2 x 2500, not 4793 + 207
