@@ -176,7 +176,10 @@ class TrainConfig:
                              f"{self.lr_step_size}, {self.lr_gamma}, {self.lr_min}.")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}.")
-        resolve_device(self.device)
+        device = resolve_device(self.device)
+        if self.compile_mode == "reduce-overhead" and device.type != "cuda":
+            raise ValueError(f"compile_mode='reduce-overhead' runs the loss as CUDA graphs, which need a GPU; "
+                             f"on {device} use compile_mode='default'.")
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainConfig":
@@ -369,9 +372,6 @@ class Trainer:
         if config.compile and not self.differentiable:
             raise ValueError(f"compile=True needs an objective with differentiable_loss; "
                              f"{type(self.objective).__name__} has none.")
-        if config.compile_mode == "reduce-overhead" and self.device.type != "cuda":
-            raise ValueError(f"compile_mode='reduce-overhead' runs the loss as CUDA graphs, which need a GPU; "
-                             f"on {self.device} use compile_mode='default'.")
         self.step_loss = CompiledLoss(self.loss, config.compile_mode) if config.compile else self.loss
         if distributed.is_initialized():
             if not self.differentiable:
