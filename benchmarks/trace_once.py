@@ -14,9 +14,13 @@ plus backward of four losses on the same minibatches, interleaved:
 - ``compiled``: that graph through ``torch.compile`` (Inductor), which fuses
   the elementwise log-density arithmetic; compile time is reported apart.
 
-It is a measurement, not a feature: a replayed graph is only valid while the
-model's control flow and Python constants do not change between steps (no
-KL warm-up, no data-dependent branches), which pplvae cannot check.
+The compiled variant is what ``TrainConfig(compile=True)`` (``pplvae train
+--compile``) trains with (:class:`pplvae.training.CompiledLoss`); this script
+times it against the eager and replayed losses without an optimizer step. A
+replayed graph is only valid while the model's control flow and Python
+constants do not change between steps (no KL warm-up, no data-dependent
+branches), which pplvae cannot check in general: ``TrainConfig`` refuses the
+settings it knows to change them.
 
 Usage::
 
