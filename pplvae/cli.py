@@ -175,10 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling or AIS")
     evaluate.add_argument("run", type=_path)
     evaluate.add_argument("--estimator", choices=ESTIMATORS, default="is",
-                          help="is: importance sampling from the guide; ais: annealed importance sampling with HMC")
-    evaluate.add_argument("--num-samples", type=_positive_int, default=5000, help="K, importance samples per image (is)")
-    evaluate.add_argument("--num-steps", type=_positive_int, default=500, metavar="T", help="annealing steps (ais)")
-    evaluate.add_argument("--num-chains", type=_positive_int, default=16, metavar="C", help="AIS chains per image (ais)")
+                          help="is: importance sampling from the guide; ais: annealed importance sampling with HMC "
+                               "(default %(default)s)")
+    evaluate.add_argument("--num-samples", type=_positive_int, default=5000, help="K, importance samples per image (is; default %(default)s)")
+    evaluate.add_argument("--num-steps", type=_positive_int, default=500, metavar="T", help="annealing steps (ais; default %(default)s)")
+    evaluate.add_argument("--num-chains", type=_positive_int, default=16, metavar="C", help="AIS chains per image (ais; default %(default)s)")
     evaluate.add_argument("--initial", choices=("guide", "prior"), default="guide",
                           help="AIS's distribution at beta = 0 (ais; prior for flow guides, whose density inverts the flow)")
     evaluate.add_argument("--split", choices=SPLITS, default="test")
