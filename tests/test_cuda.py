@@ -32,8 +32,10 @@ def _vae(seed=0):
     return VAE(VAEConfig(x_dim=784, **SMALL))
 
 
-def test_estimator_on_cuda_gives_the_closed_form():
-    """z ~ N(0, 1), x | z ~ N(z, 1), guide = exact posterior N(x/2, 1/2): log p̂(x) = log N(x; 0, 2) for any K."""
+@pytest.mark.parametrize("compile", [False, True])
+def test_estimator_on_cuda_gives_the_closed_form(compile):
+    """z ~ N(0, 1), x | z ~ N(z, 1), guide = exact posterior N(x/2, 1/2): log p̂(x) = log N(x; 0, 2) for any K,
+    also with the chunks compiled (Inductor's GPU kernels)."""
 
     def model(x):
         with pyro.plate("data", x.shape[0]):
@@ -45,7 +47,7 @@ def test_estimator_on_cuda_gives_the_closed_form():
             pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
 
     x = torch.linspace(-3, 3, 50, dtype=torch.float64, device="cuda")
-    result = log_marginal_likelihood(model, guide, x, num_samples=300, max_memory_bytes=20_000)
+    result = log_marginal_likelihood(model, guide, x, num_samples=300, max_memory_bytes=20_000, compile=compile)
     assert result.log_px.device.type == "cuda" and result.chunk_shape[1] < 50  # chunked on the GPU
     exact = -0.25 * x**2 - 0.5 * math.log(4 * math.pi)  # log N(x; 0, 2) in float64
     torch.testing.assert_close(result.log_px, exact, rtol=0, atol=1e-10)
