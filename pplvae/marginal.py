@@ -302,7 +302,10 @@ def log_marginal_likelihood(
                 for key, value in chunk.items():
                     out[key][..., start:stop] = value
 
-            held, held_start = [], 0  # whole (K, n) log-weights of data chunks from held_start on, not summarized yet
+            # A data chunk whose K log-weights take more than one update streams through its own
+            # summaries; smaller ones are summarized side by side, several data chunks per update.
+            streamed = num_samples * n_chunk > _PENDING_WEIGHTS
+            held, held_start = [], 0  # (K, n) log-weights of the data chunks from held_start on
             for start in range(0, num_data, n_chunk):
                 stop = min(start + n_chunk, num_data)
                 chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
@@ -312,24 +315,19 @@ def log_marginal_likelihood(
                     k = min(k_chunk, num_samples - k_start)
                     parts.append(log_weights(chunk_args, chunk_kwargs, indices[start:stop], k))  # (k, stop - start)
                     pending += parts[-1].numel()
-                    if pending >= _PENDING_WEIGHTS and k_start + k < num_samples:
+                    if streamed and (pending >= _PENDING_WEIGHTS or k_start + k == num_samples):
                         acc.update(torch.cat(parts) if len(parts) > 1 else parts[0])
                         parts, pending = [], 0
                     if progress is not None:
                         progress(k * (stop - start))
-                last = torch.cat(parts) if len(parts) > 1 else parts[0]
-                if acc.count == 0:  # the whole K in one block: held, to be summarized with its neighbours
-                    held.append(last)  # (K, stop - start)
-                if held and (acc.count or sum(h.numel() for h in held) >= _PENDING_WEIGHTS or stop == num_data):
-                    together = _StreamingWeights(group_sizes, tail_size)
-                    together.update(torch.cat(held, dim=1) if len(held) > 1 else held[0])
-                    write(together, held_start, start if acc.count else stop)
-                    held = []
-                if acc.count:  # K needed several updates: this data chunk is summarized alone
-                    acc.update(last)
+                if streamed:
                     write(acc, start, stop)
-                if not held:
-                    held_start = stop
+                    continue
+                held.append(torch.cat(parts) if len(parts) > 1 else parts[0])  # (K, stop - start)
+                if sum(h.numel() for h in held) >= _PENDING_WEIGHTS or stop == num_data:
+                    acc.update(torch.cat(held, dim=1) if len(held) > 1 else held[0])
+                    write(acc, held_start, stop)
+                    held, held_start = [], stop
     bounds = {g: out[f"iwae_{g}"] for g in group_sizes}
     bounds[num_samples] = out["log_px"]
     return MarginalLikelihood(
