@@ -101,8 +101,7 @@ def evaluate_run(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}.")
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
+    _check_split(split)
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be a positive number of images, got {max_examples}.")
     if num_samples < 1:
@@ -222,8 +221,7 @@ def split_images(data, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     Raises:
         ValueError: ``split`` is not ``"test"`` or ``"train"``.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    _check_split(split)
     if split == "test":
         return data.x_test, data.y_test
     x = data.x_train
@@ -231,3 +229,8 @@ def split_images(data, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
         x = binarize(x.cpu(), generator).to(x.device)
     return x, data.y_train
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
