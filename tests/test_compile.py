@@ -175,6 +175,8 @@ def test_the_compiled_estimator_times_its_chunk_size_when_no_budget_is_given():
     candidates = {pplvae.log_marginal_likelihood(model, guide, x, num_samples=2000,
                                                  max_memory_bytes=budget / 4**i).chunk_shape for i in range(3)}
     assert result.chunk_shape in candidates
+    k, n = result.chunk_shape
+    assert 1 <= k <= 2000 and 1 <= n <= 6
     again = pplvae.log_marginal_likelihood(model, guide, x, num_samples=2000, compile=True)
     assert again.chunk_shape == result.chunk_shape  # the choice is kept for the program
 

@@ -264,6 +264,7 @@ def test_example_scripts_run(script, data_dir, tmp_path, monkeypatch, capsys):
         table = pd.read_csv(tmp_path / "run" / "quadrants.csv")
         assert list(table["observed_quadrants"]) == [3] and table["tutorial_cvae_neg_elbo"].item() == 24.2
         assert (tmp_path / "run" / "quadrants_q3.png").exists()
+        assert (tmp_path / "run" / "q3-cvae" / "checkpoint.pt").exists()
         # a run of the example's own model loads into that model, as its docstring says
         import json
 
