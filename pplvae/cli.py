@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -174,20 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling or AIS")
     evaluate.add_argument("run", type=_path)
-    evaluate.add_argument("--estimator", choices=ESTIMATORS, default="is",
+    eval_defaults = {name: p.default for name, p in inspect.signature(evaluate_run).parameters.items()}
+    evaluate.add_argument("--estimator", choices=ESTIMATORS, default=eval_defaults["estimator"],
                           help="is: importance sampling from the guide; ais: annealed importance sampling with HMC "
                                "(default %(default)s)")
-    evaluate.add_argument("--num-samples", type=_positive_int, default=5000, help="K, importance samples per image (is; default %(default)s)")
-    evaluate.add_argument("--num-steps", type=_positive_int, default=500, metavar="T", help="annealing steps (ais; default %(default)s)")
-    evaluate.add_argument("--num-chains", type=_positive_int, default=16, metavar="C", help="AIS chains per image (ais; default %(default)s)")
-    evaluate.add_argument("--initial", choices=("guide", "prior"), default="guide",
-                          help="AIS's distribution at beta = 0 (ais; prior for flow guides, whose density inverts the flow)")
-    evaluate.add_argument("--split", choices=SPLITS, default="test")
+    evaluate.add_argument("--num-samples", type=_positive_int, default=eval_defaults["num_samples"],
+                          help="K, importance samples per image (is; default %(default)s)")
+    evaluate.add_argument("--num-steps", type=_positive_int, default=eval_defaults["num_steps"], metavar="T",
+                          help="annealing steps (ais; default %(default)s)")
+    evaluate.add_argument("--num-chains", type=_positive_int, default=eval_defaults["num_chains"], metavar="C",
+                          help="AIS chains per image (ais; default %(default)s)")
+    evaluate.add_argument("--initial", choices=("guide", "prior"), default=eval_defaults["initial"],
+                          help="AIS's distribution at beta = 0 (ais; prior for flow guides, whose density "
+                               "inverts the flow)")
+    evaluate.add_argument("--split", choices=SPLITS, default=eval_defaults["split"])
     evaluate.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N images of the split")
     evaluate.add_argument("--max-memory-mb", type=_positive_float,
-                          help=f"memory budget per chunk, MiB (default: {CPU_MEMORY_BYTES_PER_THREAD // 2**20} per torch thread "
-                               f"on a CPU, up to {CUDA_MEMORY_BYTES // 2**20} on a GPU)")
-    evaluate.add_argument("--seed", type=int, default=0)
+                          help=f"memory budget per chunk, MiB (default: {CPU_MEMORY_BYTES_PER_THREAD // 2**20} "
+                               f"per torch thread on a CPU, up to {CUDA_MEMORY_BYTES // 2**20} on a GPU)")
+    evaluate.add_argument("--seed", type=int, default=eval_defaults["seed"])
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.add_argument("--compile", action="store_true",
