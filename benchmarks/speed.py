@@ -7,7 +7,8 @@ once, held in memory) for every contender:
    (``Trainer.step`` under ``pyro.validation_enabled(config.validate)``, as
    :func:`pplvae.fit` runs it); ``pplvae compiled`` is the same with
    ``TrainConfig(compile=True)`` (its one-off compile time falls in the
-   warm-up and is printed apart; ``--no-compile`` leaves it out);
+   warm-up and is printed apart; ``--no-compile`` leaves it out;
+   ``--compile-mode reduce-overhead`` replays it as CUDA graphs, GPU only);
 2. ``torch``: :class:`benchmarks.torch_vae.TorchVAE`, the floor, with the
    Adam options pplvae's trainer uses (fused on CPU and CUDA), so that the
    ratio measures the probabilistic-programming layer alone;
@@ -30,6 +31,7 @@ Usage (from the repository root)::
     python -m benchmarks.speed                     # both nets, batch 20, 128, 1024
     python -m benchmarks.speed --threads 1 --out benchmarks/results/threads-1
     python -m benchmarks.speed --profile           # also where pplvae's step spends its time
+    python -m benchmarks.speed --device cuda --compile-mode reduce-overhead   # compiled step as CUDA graphs
 
 Writes ``speed.csv`` (medians and ratios), ``speed-raw.csv`` (every block),
 ``speed.md`` (the table with the machine and command) and ``speed.png`` under
@@ -56,7 +58,7 @@ from benchmarks.report import machine, markdown_machine, markdown_table
 from benchmarks.torch_vae import make_step, torch_vae_like
 from pplvae import TrainConfig, Trainer, VAE, VAEConfig, load_dataset
 from pplvae.data import binarize
-from pplvae.training import resolve_device
+from pplvae.training import COMPILE_MODES, resolve_device
 
 #: The networks: Burda et al. (2016)'s one-stochastic-layer VAE, and Pyro's VAE example.
 NETS = {
@@ -69,17 +71,19 @@ CONTENDERS = ("pplvae", "pplvae compiled", "torch", "torch, Adam defaults", "pyr
 
 
 def build_steps(x_dim: int, net: dict, batch_size: int, learning_rate: float, device: torch.device,
-                compile: bool = True) -> dict:
+                compile: bool = True, compile_mode: str = "default") -> dict:
     """Per contender ``(step, context)``: ``step(x)`` takes one SVI step, run inside ``context()``.
 
-    All contenders start from the same initial weights.
+    All contenders start from the same initial weights. ``compile_mode`` is
+    ``TrainConfig.compile_mode`` of the compiled contender (``"reduce-overhead"``:
+    CUDA graphs, GPU only).
     """
     pplvae_vae = VAE(VAEConfig(x_dim=x_dim, **net))
     config = TrainConfig(batch_size=batch_size, learning_rate=learning_rate, device=str(device))
     trainer = Trainer(pplvae_vae, config)
     compiled_vae = VAE(pplvae_vae.config)
     compiled_vae.load_state_dict(pplvae_vae.state_dict())
-    compiled = Trainer(compiled_vae, TrainConfig(**{**asdict(config), "compile": True}))
+    compiled = Trainer(compiled_vae, TrainConfig(**{**asdict(config), "compile": True, "compile_mode": compile_mode}))
     def torch_step_with(adam_options):
         twin = torch_vae_like(pplvae_vae)
         return make_step(twin, torch.optim.Adam(twin.parameters(), lr=learning_rate, **adam_options))
@@ -134,7 +138,8 @@ def measure(x_train: torch.Tensor, net_name: str, batch_size: int, args, device:
     warmup = draw_batches(x_train, args.warmup, batch_size, generator)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    steps = build_steps(x_train.shape[1], NETS[net_name], batch_size, args.lr, device, not args.no_compile)
+    steps = build_steps(x_train.shape[1], NETS[net_name], batch_size, args.lr, device, not args.no_compile,
+                        args.compile_mode)
     for name, step in steps.items():
         start = time.perf_counter()
         time_block(step, warmup, device)
@@ -254,6 +259,8 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--train-size", type=int, help="use only the first N training images")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled pplvae step")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                        help="torch.compile mode of the compiled step; reduce-overhead (CUDA graphs) needs a GPU")
     parser.add_argument("--profile", action="store_true",
                         help="also profile pplvae's and the floor's steps at batch 128 (profile.txt)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -261,6 +268,9 @@ def main(argv=None) -> pd.DataFrame:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.compile_mode == "reduce-overhead" and device.type != "cuda" and not args.no_compile:
+        parser.error(f"--compile-mode reduce-overhead runs the loss as CUDA graphs, which need a GPU; "
+                     f"on {device} leave it at default.")
     x_train = load_dataset("mnist", args.data_dir, train_size=args.train_size, device=device).x_train
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -277,7 +287,8 @@ def main(argv=None) -> pd.DataFrame:
     summary.assign(**{k: v for k, v in info.items() if k != "command"}).to_csv(args.out / "speed.csv", index=False)
     blocks = f"{args.steps} steps" if args.steps else f"about {args.block_seconds:g} s"
     markdown = (f"# Speed: ms per SVI step (median of {args.repeats} interleaved blocks of {blocks})\n\n"
-                f"{markdown_machine(info)}\n\n{markdown_table(result)}\n")
+                f"{markdown_machine(info)}\n\nCompiled step: `compile_mode={args.compile_mode!r}`.\n\n"
+                f"{markdown_table(result)}\n")
     (args.out / "speed.md").write_text(markdown)
     plot(summary, args.out / "speed.png")
     if args.profile:

@@ -96,6 +96,15 @@ def test_speed_script_writes_its_tables(tmp_path, data_dir):
     assert (tmp_path / "speed.md").exists() and (tmp_path / "speed.png").exists()
 
 
+def test_speed_script_refuses_cuda_graphs_without_a_gpu_in_one_line(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.speed", "--device", "cpu", "--compile-mode", "reduce-overhead",
+               "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "reduce-overhead runs the loss as CUDA graphs, which need a GPU; on cpu" in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything is measured or written
+
+
 def test_quality_script_writes_its_tables(tmp_path, data_dir):
     k = "8"
     out = run_benchmark("quality", "--schedule", "constant", "--epochs", "1", "--batch-size", "50",
