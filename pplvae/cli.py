@@ -164,13 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num-samples", type=_positive_int, default=64)
     sample.add_argument("--out", type=_path, help="PNG path (default: RUN/samples.png)")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--device", default="auto")
+    sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     recon = commands.add_parser("reconstruct", help="write test images beside their reconstructions")
     recon.add_argument("run", type=_path)
     recon.add_argument("--num-images", type=_positive_int, default=16)
     recon.add_argument("--out", type=_path, help="PNG path (default: RUN/reconstructions.png)")
-    recon.add_argument("--device", default="auto")
+    recon.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _add_data_flags(recon)
 
     evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling or AIS")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"memory budget per chunk, MiB (default: {CPU_MEMORY_BYTES_PER_THREAD // 2**20} "
                                f"per torch thread on a CPU, up to {CUDA_MEMORY_BYTES // 2**20} on a GPU)")
     evaluate.add_argument("--seed", type=int, default=eval_defaults["seed"])
-    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.add_argument("--compile", action="store_true",
                           help="compile the estimator with torch.compile (tens of seconds once; for long estimates)")
