@@ -50,7 +50,8 @@ def plot_samples(model, image_shape, path, num_samples: int = 64) -> Path:
         ValueError: the model has no ``sample_images`` (it predicts from an input, as a structured-output model does).
     """
     if not hasattr(model, "sample_images"):
-        raise ValueError(f"The {getattr(model, 'name', type(model).__name__)} model has no p(x) to sample from; try `pplvae reconstruct`.")
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(f"The {name} model has no p(x) to sample from; try `pplvae reconstruct`.")
     model.eval()
     return save_image_grid(model.sample_images(num_samples), image_shape, path, nrow=int(num_samples**0.5))
 
