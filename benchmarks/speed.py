@@ -268,9 +268,11 @@ def main(argv=None) -> pd.DataFrame:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if args.compile_mode == "reduce-overhead" and device.type != "cuda" and not args.no_compile:
-        parser.error(f"--compile-mode reduce-overhead runs the loss as CUDA graphs, which need a GPU; "
-                     f"on {device} leave it at default.")
+    if not args.no_compile:
+        try:  # TrainConfig's own check of the compiled contender's settings, before anything is measured
+            TrainConfig(device=str(device), compile=True, compile_mode=args.compile_mode)
+        except ValueError as error:
+            parser.error(str(error))
     x_train = load_dataset("mnist", args.data_dir, train_size=args.train_size, device=device).x_train
     args.out.mkdir(parents=True, exist_ok=True)
 
