@@ -9,7 +9,7 @@ import torch
 from pyro import poutine
 
 from pplvae import FastLogProbMessenger, VAE, VAEConfig, log_marginal_likelihood
-from pplvae.fast_log_prob import bernoulli_log_prob, fast_log_prob
+from pplvae.fast_log_prob import bernoulli_log_prob, fast_log_prob, log_prob_sum
 
 
 def exact_bernoulli(logits, value):
@@ -101,6 +101,48 @@ def test_unrecognized_cases_fall_back_to_log_prob():
         assert fast_log_prob(dist.Normal(torch.zeros(4, 3), torch.ones(4, 3)), value) is None  # nothing expanded
     assert fast_log_prob(dist.Normal(torch.zeros(3), 1.0).expand((4, 3)), value) is None  # autograd on
 
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # random, saturated (|l| = 1e4) and underflowing logits, binary and grey pixels
+        lambda l: (dist.Bernoulli(logits=l).to_event(1), torch.bernoulli(torch.full((6, 10), 0.4))),
+        lambda l: (dist.Bernoulli(logits=l * 1e4).to_event(1), torch.bernoulli(torch.full((6, 10), 0.4))),
+        lambda l: (dist.Bernoulli(logits=l, validate_args=False).to_event(1), torch.rand(6, 10)),
+        lambda l: (dist.Bernoulli(probs=torch.sigmoid(l)).to_event(2), torch.bernoulli(torch.full((6, 10), 0.4))),
+        lambda l: (dist.Normal(l, l.exp()).to_event(1), torch.randn(6, 10) * 3),
+        lambda l: (dist.Normal(l, 1e-3 + l.square()), torch.randn(6, 10)),  # scales near zero
+        # a prior's parameters expanded by a plate: the value has the full shape
+        lambda l: (dist.Normal(l[0], l[1].exp()).to_event(1).expand((6,)), torch.randn(6, 10)),
+    ],
+)
+def test_log_prob_sum_equals_the_plain_sum_with_its_gradients(make):
+    torch.manual_seed(5)
+    params = torch.randn(6, 10, dtype=torch.float64, requires_grad=True)
+    fn, value = make(params)
+    value = value.double().requires_grad_(fn.has_rsample)  # a Normal site's value: a reparameterized draw
+    inputs = [params, value] if value.requires_grad else [params]
+    fast = log_prob_sum(fn, value)
+    plain = fn.log_prob(value).sum()
+    torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-8)
+    grads = torch.autograd.grad(fast, inputs, retain_graph=True)  # the parameters' graph is shared
+    for g, e in zip(grads, torch.autograd.grad(plain, inputs)):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-8)
+
+
+def test_log_prob_sum_validates_and_declines_what_it_does_not_cover():
+    with pytest.raises(ValueError, match="support"):
+        log_prob_sum(dist.Bernoulli(logits=torch.zeros(2, 3), validate_args=True).to_event(1), torch.full((2, 3), 0.5))
+
+    class MyNormal(dist.Normal):
+        pass
+
+    value = torch.randn(4, 3)
+    assert log_prob_sum(dist.Laplace(torch.zeros(4, 3), 1.0), value) is None
+    assert log_prob_sum(MyNormal(torch.zeros(4, 3), 1.0), value) is None
+    assert log_prob_sum(dist.Normal(torch.zeros(3), 1.0), value) is None  # the value broadcast: counts differ
+    assert log_prob_sum(dist.Bernoulli(logits=torch.zeros(2, 4, 3)), value) is None  # the value smaller
 
 def plain_vae_pair(x_dim=20, z_dim=4):
     """A VAE as a user writes it: pyro.distributions and nn layers only."""

@@ -53,6 +53,30 @@ def test_subsampled_plate_scale_and_mask_equal_trace_elbo():
     assert_same_as_trace_elbo(model, guide, [loc, scale], data)
 
 
+
+def test_hierarchical_guide_with_scaled_subsampled_plate_equals_trace_elbo():
+    """Guide draws that feed later guide sites, scales from subsampling and poutine.scale, no mask:
+    the sites the handler draws itself and scores at their own draw."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 4)  # q(z1 | z2, x) and p(x | z1) share nothing else
+    w = torch.randn(3, requires_grad=True)
+    scale = torch.tensor(0.7, requires_grad=True)
+    data = torch.randn(10, 2)
+
+    def model(data):
+        z2 = pyro.sample("z2", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", 10, subsample_size=4) as idx, poutine.scale(scale=0.5):
+            z1 = pyro.sample("z1", dist.Normal(z2.expand(4, 3), 2.0).to_event(1))
+            pyro.sample("x", dist.Normal(z1[:, :2] * w[:2], scale).to_event(1), obs=data[idx])
+
+    def guide(data):
+        z2 = pyro.sample("z2", dist.Normal(w, scale).to_event(1))
+        with pyro.plate("data", 10, subsample_size=4) as idx:
+            loc, log_scale = net(torch.cat([data[idx], z2[:1].expand(4, 1)], -1)).split([3, 1], -1)
+            pyro.sample("z1", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    assert_same_as_trace_elbo(model, guide, [w, scale, *net.parameters()], data)
+
 def test_falls_back_to_trace_elbo_for_a_discrete_guide():
     probs = torch.tensor(0.3, requires_grad=True)
 
