@@ -25,6 +25,7 @@ machine's load moves both alike. The weights are a run folder's (``--run``, a Bu
 
     python -m benchmarks.marginal_throughput                          # K=5000, 20 images, 1 and 2 threads
     python -m benchmarks.marginal_throughput --run runs/mnist-vae --num-examples 100 --rounds 5 --compile
+    python -m benchmarks.marginal_throughput --device cuda --num-examples 200 --threads 1   # on a GPU
 
 Writes one row per round and thread count (``--out``) and prints the medians
 and ranges of the ratio.
@@ -33,8 +34,6 @@ and ranges of the ratio.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import time
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from benchmarks.report import machine, parsed_device
 from benchmarks.torch_vae import TorchVAE
 from benchmarks.torch_vae import log_marginal_likelihood as hand_written_log_px
 
@@ -70,6 +70,7 @@ class UserVAE(nn.Module):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--run", type=Path, help="take the weights of this run folder (784-200-200-50 VAE)")
     parser.add_argument("--num-samples", type=int, default=5000, help="K per image (default 5000)")
     parser.add_argument("--num-examples", type=int, default=20, help="test images (default 20)")
@@ -84,7 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=Path("marginal_throughput.csv"), help="CSV to write")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.device = parsed_device(parser, args.device)
+    return args
 
 
 def load_weights(twin: TorchVAE, run: Path | None) -> None:
@@ -100,21 +103,26 @@ def load_weights(twin: TorchVAE, run: Path | None) -> None:
 class CompiledOnce:
     """Calls ``fn``; the first call's time (the compile, once per process and shape) is printed apart."""
 
-    def __init__(self, fn):
-        self.fn, self.compiled = fn, False
+    def __init__(self, fn, device: torch.device):
+        self.fn, self.device, self.compiled = fn, device, False
 
     def __call__(self):
         if self.compiled:
             return self.fn()
-        seconds, out = timed(self.fn)
+        seconds, out = timed(self.fn, self.device)
         self.compiled = True
         print(f"pplvae compiled: first call (with the compile) {seconds:.1f} s", flush=True)
         return out
 
 
-def timed(fn) -> tuple[float, torch.Tensor]:
+def timed(fn, device: torch.device = torch.device("cpu")) -> tuple[float, torch.Tensor]:
+    """Wall-clock seconds of ``fn()`` and its result; on CUDA, up to the end of the work it queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start, result
 
 
@@ -123,12 +131,14 @@ def main(argv=None) -> pd.DataFrame:
     from pplvae import load_dataset, log_marginal_likelihood
 
     data = load_dataset("mnist", args.data_dir, test_size=args.num_examples, train_size=args.num_examples)
-    x = data.x_test  # (N, 784), a fixed binarization
+    device = args.device
+    x = data.x_test.to(device)  # (N, 784), a fixed binarization
     torch.manual_seed(args.seed)
     z_dim = 50
     twin = TorchVAE(x.shape[1], z_dim, (200, 200)).eval()
     load_weights(twin, args.run)
-    user = UserVAE(twin.encoder, twin.decoder, z_dim)
+    twin.to(device)
+    user = UserVAE(twin.encoder, twin.decoder, z_dim).to(device)
 
     def theirs():
         return hand_written_log_px(twin, x, args.num_samples, chunk_samples=args.chunk_samples)
@@ -138,7 +148,7 @@ def main(argv=None) -> pd.DataFrame:
                                        compile=compile).log_px
 
     def decoder_only():
-        z = torch.zeros(args.chunk_samples, z_dim)
+        z = torch.zeros(args.chunk_samples, z_dim, device=device)
         with torch.no_grad():
             for _ in range(len(x)):
                 for start in range(0, args.num_samples, args.chunk_samples):
@@ -147,11 +157,12 @@ def main(argv=None) -> pd.DataFrame:
 
     contenders = {"pplvae": ours, "hand-written": theirs}
     if args.compile:
-        contenders["pplvae compiled"] = CompiledOnce(lambda: ours(compile=True))
+        contenders["pplvae compiled"] = CompiledOnce(lambda: ours(compile=True), device)
     if args.floor:
         contenders["decoder only"] = decoder_only
 
 
+    info = machine(device)
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -163,7 +174,7 @@ def main(argv=None) -> pd.DataFrame:
             names = names[r % len(names):] + names[: r % len(names)]  # the order rotates between rounds
             times, estimates = {}, {}
             for name in names:
-                times[name], estimates[name] = timed(contenders[name])
+                times[name], estimates[name] = timed(contenders[name], device)
             row = {"threads": threads, "round": r}
             for name in contenders:
                 key = name.replace(" ", "_").replace("-", "_")
@@ -172,9 +183,8 @@ def main(argv=None) -> pd.DataFrame:
                 if name != "hand-written":
                     suffix = "" if key == "pplvae" else "_" + key.removeprefix("pplvae_")
                     row[f"speed_vs_hand_written{suffix}"] = times["hand-written"] / times[name]
-            rows.append({**row, "num_samples": args.num_samples, "num_data": len(x),
-                         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                         "date": datetime.date.today().isoformat()})
+            rows.append({**row, "num_samples": args.num_samples, "num_data": len(x), "device": info["device"],
+                         "torch": torch.__version__, "date": info["date"]})
             print(f"threads {threads} round {r}: " + ", ".join(f"{n} {times[n]:.3f} s" for n in contenders),
                   flush=True)
     table = pd.DataFrame(rows)

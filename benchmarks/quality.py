@@ -51,7 +51,7 @@ import pyro
 import torch
 
 import pplvae
-from benchmarks.report import machine, markdown_machine, markdown_table
+from benchmarks.report import machine, markdown_machine, markdown_table, parsed_device
 from benchmarks.torch_vae import load_into, make_step, torch_vae_like
 from pplvae import ImageData, TrainConfig, Trainer, VAE, VAEConfig, load_dataset
 from pplvae.schedules import burda_factor, burda_epochs
@@ -275,6 +275,7 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    args.device = str(parsed_device(parser, args.device))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.num_samples and not hasattr(pplvae, "log_marginal_likelihood"):

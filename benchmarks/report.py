@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -28,6 +29,21 @@ def machine(device: torch.device) -> dict:
         "pyro": pyro.__version__,
         "command": " ".join(["python -m benchmarks." + os.path.basename(sys.argv[0])[:-3], *sys.argv[1:]]),
     }
+
+
+def parsed_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """The device ``--device name`` names (``auto``: CUDA when present), or the parser's one-line error.
+
+    Raises:
+        SystemExit: through ``parser.error`` (exit status 2, usage and message,
+            no traceback) for a device torch does not have or a bad name.
+    """
+    from pplvae.training import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def _cpu_model() -> str | None:

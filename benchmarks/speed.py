@@ -54,11 +54,11 @@ import pyro
 import torch
 
 from benchmarks.pyro_recipe import PyroRecipeVAE, make_svi
-from benchmarks.report import machine, markdown_machine, markdown_table
+from benchmarks.report import machine, markdown_machine, markdown_table, parsed_device
 from benchmarks.torch_vae import make_step, torch_vae_like
 from pplvae import TrainConfig, Trainer, VAE, VAEConfig, load_dataset
 from pplvae.data import binarize
-from pplvae.training import COMPILE_MODES, resolve_device
+from pplvae.training import COMPILE_MODES
 
 #: The networks: Burda et al. (2016)'s one-stochastic-layer VAE, and Pyro's VAE example.
 NETS = {
@@ -267,7 +267,7 @@ def main(argv=None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = parsed_device(parser, args.device)
     if not args.no_compile:
         try:  # TrainConfig's own check of the compiled contender's settings, before anything is measured
             TrainConfig(device=str(device), compile=True, compile_mode=args.compile_mode)

@@ -105,6 +105,15 @@ def test_speed_script_refuses_cuda_graphs_without_a_gpu_in_one_line(tmp_path):
     assert not any(tmp_path.iterdir())  # refused before anything is measured or written
 
 
+
+@pytest.mark.parametrize("script", ["speed", "marginal_throughput", "quality"])
+def test_benchmark_scripts_refuse_an_unknown_device_in_one_line(script, tmp_path):
+    command = [sys.executable, "-m", f"benchmarks.{script}", "--device", "tpu0", "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Unknown device 'tpu0'" in result.stderr.splitlines()[-1]
+    assert not any(tmp_path.iterdir())  # refused before anything is measured or written
+
 def test_quality_script_writes_its_tables(tmp_path, data_dir):
     k = "8"
     out = run_benchmark("quality", "--schedule", "constant", "--epochs", "1", "--batch-size", "50",
