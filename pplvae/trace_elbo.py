@@ -29,7 +29,8 @@ which is ``Normal.log_prob(z)`` as a function of the guide's parameters:
 (z - loc) / scale = eps for every loc and scale, so the terms of
 d log q / d(loc, scale) through z and directly through loc and scale,
 which ``Trace_ELBO`` computes separately, cancel exactly; what is left is
-the form a hand-written Gaussian VAE uses.
+the form a hand-written Gaussian VAE uses
+(:func:`pplvae.fast_log_prob.normal_log_prob_sum_at_draw`).
 
 Anything outside that case falls back to ``Trace_ELBO`` unchanged: Pyro's
 validation enabled (its checks need the traces), more than one particle, or a
@@ -43,8 +44,6 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import pyro.distributions as dist
 import torch
 from pyro.distributions.util import scale_and_mask
@@ -53,9 +52,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from pplvae.fast_log_prob import base_distribution, log_prob_sum
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+from pplvae.fast_log_prob import base_distribution, log_prob_sum, normal_log_prob_sum_at_draw
 
 
 class _NotReparameterized(Exception):
@@ -111,9 +108,7 @@ class _LogDensity(Messenger):
         if msg["mask"] is None and isinstance(scale, (int, float)) and not (msg["args"] or msg["kwargs"]):
             drawn = self._standard_draws.pop(msg["name"], None)
             if drawn is not None and drawn[0] is value:  # still the handler's own draw
-                base, _ = base_distribution(fn)
-                eps = drawn[1]
-                total = eps.square().sum() * -0.5 - (base.scale.log().sum() + eps.numel() * _HALF_LOG_2PI)
+                total = normal_log_prob_sum_at_draw(base_distribution(fn)[0].scale, drawn[1])
             else:
                 total = log_prob_sum(fn, value)
             if total is not None:

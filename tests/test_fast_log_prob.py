@@ -9,7 +9,7 @@ import torch
 from pyro import poutine
 
 from pplvae import FastLogProbMessenger, VAE, VAEConfig, log_marginal_likelihood
-from pplvae.fast_log_prob import bernoulli_log_prob, fast_log_prob, log_prob_sum
+from pplvae.fast_log_prob import bernoulli_log_prob, fast_log_prob, log_prob_sum, normal_log_prob_sum_at_draw
 
 
 def exact_bernoulli(logits, value):
@@ -130,6 +130,25 @@ def test_log_prob_sum_equals_the_plain_sum_with_its_gradients(make):
     for g, e in zip(grads, torch.autograd.grad(plain, inputs)):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-8)
 
+
+
+@pytest.mark.parametrize("scale_size", [1.0, 1e-4, 1e3])
+def test_normal_density_at_its_own_draw_has_log_probs_value_and_gradients(scale_size):
+    """Also for tiny and huge scales: the gradients that Normal.log_prob computes through z and directly
+    through loc and scale cancel; the form at the draw has only the scale's."""
+    torch.manual_seed(6)
+    loc = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(7, 5, dtype=torch.float64) * scale_size + 1e-6).requires_grad_()
+    eps = torch.randn(7, 5, dtype=torch.float64)
+    z = loc + scale * eps
+    at_draw = normal_log_prob_sum_at_draw(scale, eps)
+    plain = dist.Normal(loc, scale).log_prob(z).sum()
+    torch.testing.assert_close(at_draw, plain, rtol=1e-10, atol=1e-8)
+    expected = torch.autograd.grad(plain, [loc, scale], retain_graph=True)
+    grad_loc, grad_scale = torch.autograd.grad(at_draw, [loc, scale], allow_unused=True)
+    assert grad_loc is None  # log q at its own draw does not depend on loc at all
+    torch.testing.assert_close(expected[0], torch.zeros_like(loc), rtol=0, atol=1e-6 * scale_size ** -1)
+    torch.testing.assert_close(grad_scale, expected[1], rtol=1e-8, atol=1e-6 * scale_size ** -1)
 
 def test_log_prob_sum_validates_and_declines_what_it_does_not_cover():
     with pytest.raises(ValueError, match="support"):
