@@ -161,7 +161,6 @@ def main(argv=None) -> pd.DataFrame:
     if args.floor:
         contenders["decoder only"] = decoder_only
 
-
     info = machine(device)
     rows = []
     for threads in args.threads:

@@ -187,7 +187,6 @@ def log_prob_sum(fn, value: torch.Tensor) -> Optional[torch.Tensor]:
     return squares * -0.5 - (base.scale.log().sum() + value.numel() * _HALF_LOG_2PI)
 
 
-
 def normal_log_prob_sum_at_draw(scale: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """``sum log N(z; loc, scale^2)`` at the draw z = loc + scale * eps, in nats.
 

@@ -75,7 +75,8 @@ class _LogDensity(Messenger):
         self.replay = replay
         self.values: dict = {}
         self.log_prob_sum: torch.Tensor | None = None
-        self._standard_draws: dict = {}  # guide site name -> (its value, the eps it was drawn from)
+        # guide site name -> (its value, its distribution, the eps and scale the value was drawn from)
+        self._standard_draws: dict = {}
 
     def _pyro_sample(self, msg) -> None:
         if self.replay is None:  # the guide: check before anything is drawn
@@ -89,7 +90,7 @@ class _LogDensity(Messenger):
                 eps = torch.empty(base.batch_shape, dtype=base.loc.dtype, device=base.loc.device).normal_()
                 msg["value"] = base.loc + eps * base.scale
                 msg["done"] = True
-                self._standard_draws[msg["name"]] = (msg["value"], eps)
+                self._standard_draws[msg["name"]] = (msg["value"], msg["fn"], eps, base.scale)
         elif msg["name"] in self.replay and not msg["is_observed"]:
             msg["value"], msg["infer"] = self.replay[msg["name"]]
             msg["done"] = True
@@ -107,8 +108,8 @@ class _LogDensity(Messenger):
         fn, value, scale = msg["fn"], msg["value"], msg["scale"]
         if msg["mask"] is None and isinstance(scale, (int, float)) and not (msg["args"] or msg["kwargs"]):
             drawn = self._standard_draws.pop(msg["name"], None)
-            if drawn is not None and drawn[0] is value:  # still the handler's own draw
-                total = normal_log_prob_sum_at_draw(base_distribution(fn)[0].scale, drawn[1])
+            if drawn is not None and drawn[0] is value and drawn[1] is fn:  # still the handler's own draw
+                total = normal_log_prob_sum_at_draw(drawn[3], drawn[2])
             else:
                 total = log_prob_sum(fn, value)
             if total is not None:
