@@ -81,6 +81,9 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
+_DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N (default auto)"
+
+
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding the data (default: $PPLVAE_DATA_DIR, then ~/.cache/pplvae)")
     parser.add_argument("--download", action="store_true", help="download MNIST if no folder holds it")
@@ -90,14 +93,20 @@ def _add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--adam-eps", type=float, default=defaults.adam_eps,
                         help="Adam's eps (default: Burda et al.'s 1e-4)")
-    parser.add_argument("--adam-betas", type=float, nargs=2, default=list(defaults.adam_betas), metavar="B")
+    parser.add_argument("--adam-betas", type=float, nargs=2, default=list(defaults.adam_betas), metavar="B",
+                        help="Adam's (beta1, beta2) (default %(default)s)")
     parser.add_argument("--lr-schedule", choices=SCHEDULES, default=defaults.lr_schedule,
                         help="learning rate per epoch: burda = 3^i epochs at lr * 10^(-i/7) for stage i; "
-                             "step = times --lr-gamma every --lr-step-size epochs; cosine = down to --lr-min")
-    parser.add_argument("--lr-step-size", type=int, default=defaults.lr_step_size, metavar="EPOCHS")
-    parser.add_argument("--lr-gamma", type=float, default=defaults.lr_gamma)
-    parser.add_argument("--lr-min", type=float, default=defaults.lr_min)
-    parser.add_argument("--clip-norm", type=float, help="clip the gradients' global L2 norm to this")
+                             "step = times --lr-gamma every --lr-step-size epochs; cosine = down to --lr-min "
+                             "(default %(default)s)")
+    parser.add_argument("--lr-step-size", type=int, default=defaults.lr_step_size, metavar="EPOCHS",
+                        help="epochs between decays of --lr-schedule step (default %(default)s)")
+    parser.add_argument("--lr-gamma", type=float, default=defaults.lr_gamma,
+                        help="factor of each decay of --lr-schedule step (default %(default)s)")
+    parser.add_argument("--lr-min", type=float, default=defaults.lr_min,
+                        help="last epoch's learning rate under --lr-schedule cosine (default %(default)s)")
+    parser.add_argument("--clip-norm", type=float,
+                        help="clip the gradients' global L2 norm to this (default: no clipping)")
 
 
 def _optimizer_options(args: argparse.Namespace) -> dict:
@@ -114,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="fit a model by SVI and write a run folder")
     model_defaults, train_defaults = VAEConfig(x_dim=1), TrainConfig()  # the flags' defaults are the configs'
-    train.add_argument("--dataset", choices=DATASETS, default="mnist")
-    train.add_argument("--model", choices=sorted(MODELS), default="vae")
+    train.add_argument("--dataset", choices=DATASETS, default="mnist", help="(default %(default)s)")
+    train.add_argument("--model", choices=sorted(MODELS), default="vae", help="(default %(default)s)")
     train.add_argument("--z-dim", type=_positive_int, default=model_defaults.z_dim, help="(default %(default)s)")
     train.add_argument("--hidden-dims", type=_positive_int, nargs="+", default=list(model_defaults.hidden_dims),
                        metavar="H", help="(default %(default)s)")
@@ -129,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=train_defaults.learning_rate,
                        help="Adam's learning rate (of the first epoch; default %(default)s)")
     _add_optimizer_flags(train)
-    train.add_argument("--seed", type=int, default=train_defaults.seed)
+    train.add_argument("--seed", type=int, default=train_defaults.seed, help="(default %(default)s)")
     train.add_argument("--objective", choices=OBJECTIVES, default=train_defaults.objective,
                        help="elbo (sampled KL), elbo-analytic (closed-form KL), iwae (K-sample bound), "
                             "mmd (MMD-VAE); default %(default)s")
@@ -140,18 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-particles", type=int, default=train_defaults.num_particles, metavar="K",
                        help="samples of z per datapoint (default %(default)s)")
     train.add_argument("--gradient", choices=GRADIENTS, default=train_defaults.gradient,
-                       help="gradient estimator for --objective iwae: standard or dreg (doubly reparameterized)")
+                       help="gradient estimator for --objective iwae: standard or dreg (doubly "
+                            "reparameterized; default %(default)s)")
     train.add_argument("--mmd-weight", type=float, default=train_defaults.mmd_weight, metavar="LAMBDA",
                        help="per-datapoint weight of MMD^2 for --objective mmd (default %(default)s)")
     train.add_argument("--kernel", choices=KERNELS, default=train_defaults.kernel,
                        help="MMD kernel for --objective mmd (default %(default)s)")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--device", default="auto", help=_DEVICE_HELP)
     train.add_argument("--compile", action="store_true",
                        help="record the loss once and compile it with torch.compile (compile time once, "
                             "tens of seconds on a CPU; not with --kl-warmup or --gradient dreg)")
     train.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                        help="torch.compile mode with --compile; reduce-overhead uses CUDA graphs "
-                            "(small batches on a GPU)")
+                            "(small batches on a GPU; default %(default)s)")
     train.add_argument("--train-size", type=_positive_int, help="use only the first N training images")
     train.add_argument("--test-size", type=_positive_int, help="use only the first N test images")
     train.add_argument("--out", type=_path, help="run folder (default: runs/DATASET-MODEL)")
@@ -161,16 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="write a grid of samples from p(x) of a trained run")
     sample.add_argument("run", type=_path)
-    sample.add_argument("--num-samples", type=_positive_int, default=64)
+    sample.add_argument("--num-samples", type=_positive_int, default=64,
+                        help="images in the grid (default %(default)s)")
     sample.add_argument("--out", type=_path, help="PNG path (default: RUN/samples.png)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sample.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
+    sample.add_argument("--device", default="auto", help=_DEVICE_HELP)
 
     recon = commands.add_parser("reconstruct", help="write test images beside their reconstructions")
     recon.add_argument("run", type=_path)
-    recon.add_argument("--num-images", type=_positive_int, default=16)
+    recon.add_argument("--num-images", type=_positive_int, default=16, help="test images shown (default %(default)s)")
     recon.add_argument("--out", type=_path, help="PNG path (default: RUN/reconstructions.png)")
-    recon.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    recon.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_data_flags(recon)
 
     evaluate = commands.add_parser("evaluate", help="estimate log p(x) of a trained run by importance sampling or AIS")
@@ -187,14 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="AIS chains per image (ais; default %(default)s)")
     evaluate.add_argument("--initial", choices=("guide", "prior"), default=eval_defaults["initial"],
                           help="AIS's distribution at beta = 0 (ais; prior for flow guides, whose density "
-                               "inverts the flow)")
-    evaluate.add_argument("--split", choices=SPLITS, default=eval_defaults["split"])
+                               "inverts the flow; default %(default)s)")
+    evaluate.add_argument("--split", choices=SPLITS, default=eval_defaults["split"], help="(default %(default)s)")
     evaluate.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N images of the split")
     evaluate.add_argument("--max-memory-mb", type=_positive_float,
                           help=f"memory budget per chunk, MiB (default: {CPU_MEMORY_BYTES_PER_THREAD // 2**20} "
                                f"per torch thread on a CPU, up to {CUDA_MEMORY_BYTES // 2**20} on a GPU)")
-    evaluate.add_argument("--seed", type=int, default=eval_defaults["seed"])
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--seed", type=int, default=eval_defaults["seed"], help="(default %(default)s)")
+    evaluate.add_argument("--device", default="auto", help=_DEVICE_HELP)
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.add_argument("--compile", action="store_true",
                           help="compile the estimator with torch.compile (tens of seconds once; for long estimates)")
@@ -206,20 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
         "burda", help="Burda et al. (2016), MNIST: batch 20, the 8-stage schedule (3280 epochs), "
                       "then log p(x) with K=5000 on the test set and the active units")
     burda.add_argument("--model", choices=BURDA_MODELS, default="vae",
-                       help="vae: one stochastic layer (50); hvae: two (100, 50)")
-    burda.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
+                       help="vae: one stochastic layer (50); hvae: two (100, 50) (default %(default)s)")
+    burda.add_argument("--objective", choices=("elbo", "iwae"), default="elbo", help="(default %(default)s)")
     burda.add_argument("--num-particles", type=int, choices=(1, 5, 50), default=1, metavar="K",
-                       help="k, samples per datapoint in training (1, 5 or 50)")
+                       help="k, samples per datapoint in training (1, 5 or 50; default %(default)s)")
     burda.add_argument("--stages", type=int, choices=range(1, BURDA_STAGES + 1), default=BURDA_STAGES,
-                       metavar="S", help="run stages 0..S-1 of the schedule only (8: 3280 epochs; 5: 121)")
-    burda.add_argument("--num-samples", type=int, default=5000, help="K of the log p(x) estimate")
+                       metavar="S",
+                       help="run stages 0..S-1 of the schedule only (8: 3280 epochs; 5: 121; default %(default)s)")
+    burda.add_argument("--num-samples", type=_positive_int, default=5000,
+                       help="K of the log p(x) estimate (default %(default)s)")
     burda.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
                        help="raise the KL weight from 0 to 1 over this many epochs (not in the paper; "
-                            "keeps the two-layer model's top layer alive, docs/burda_protocol.md)")
-    burda.add_argument("--train-size", type=int, help="use only the first N training images")
-    burda.add_argument("--test-size", type=int, help="use only the first N test images")
-    burda.add_argument("--seed", type=int, default=0)
-    burda.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+                            "keeps the two-layer model's top layer alive, docs/burda_protocol.md; default %(default)s)")
+    burda.add_argument("--train-size", type=_positive_int, help="use only the first N training images")
+    burda.add_argument("--test-size", type=_positive_int, help="use only the first N test images")
+    burda.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
+    burda.add_argument("--device", default="auto", help=_DEVICE_HELP)
     burda.add_argument("--out", type=Path, help="run folder (default: runs/burda-MODEL-OBJECTIVE-kK)")
     burda.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     burda.add_argument("--no-progress", action="store_true", help="hide the progress bars")
