@@ -27,6 +27,7 @@ References:
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import time
 from pathlib import Path
@@ -142,9 +143,14 @@ def run_burda_protocol(
         ``eval_seconds``; also written to ``out/burda.csv``.
 
     Raises:
-        ValueError: an unknown model, objective or stage count.
+        ValueError: an unknown model, objective or stage count, or ``num_samples``
+            or ``max_memory_bytes`` not positive (checked before training).
         FileExistsError / FileNotFoundError: as :func:`pplvae.fit`.
     """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+        raise ValueError(f"num_samples (K of the log p(x) estimate) must be a positive integer, got {num_samples!r}.")
+    if max_memory_bytes is not None and not max_memory_bytes >= 1:
+        raise ValueError(f"max_memory_bytes must be a positive number of bytes, got {max_memory_bytes!r}.")
     config = burda_train_config(objective, num_particles, stages, seed=seed, device=device, kl_warmup=kl_warmup)
     pyro.set_rng_seed(seed)
     network = burda_model(model, data.x_dim)

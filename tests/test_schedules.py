@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from pplvae import VAE, HVAE, HVAEConfig, TrainConfig, Trainer, VAEConfig, fit, load_dataset
+from pplvae.burda_protocol import run_burda_protocol
 from pplvae.cli import main
 from pplvae.networks import BernoulliDecoder, GaussianEncoder
 from pplvae.schedules import burda_epochs, make_scheduler
@@ -190,6 +191,20 @@ def test_cli_settings_and_reproduce_burda(tmp_path, data_dir, capsys):
     assert table.loc[0, "paper_nll"] == 86.76 and table.loc[0, "epochs"] == 1 and table.loc[0, "K"] == 10
     assert table.loc[0, "test_images"] == 50 and table.loc[0, "active_units"].startswith("z: ")
     assert "Burda et al. Table 1: 86.76" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5])
+def test_burda_protocol_refuses_a_bad_estimate_size_before_training(tmp_path, data_dir, capsys, bad):
+    """K is used only after thousands of epochs: a bad one is refused before the first, and nothing is written."""
+    data = load_dataset("mnist", data_dir, train_size=100, test_size=50)
+    with pytest.raises(ValueError, match="num_samples"):
+        run_burda_protocol(data, tmp_path / "lib", stages=1, num_samples=bad, device="cpu")
+    assert not (tmp_path / "lib").exists()
+    out = tmp_path / "cli"
+    with pytest.raises(SystemExit) as refused:  # argparse's own one-line usage error
+        main(["reproduce", "burda", "--num-samples", str(bad), "--out", str(out), "--data-dir", str(data_dir)])
+    assert refused.value.code == 2
+    assert "--num-samples" in capsys.readouterr().err and not out.exists()
 
 
 def test_a_new_learning_rate_on_resume_scales_the_schedule():
