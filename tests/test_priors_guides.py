@@ -154,6 +154,6 @@ def test_benchmark_scripts_run_on_small_runs(tmp_path, data_dir):
     assert (table["elbo"] <= table["log_px"]).all() and (table["active_units"] <= 4).all()
     bracket = bdmc_bracket.main([runs[0], "--num-images", "5", "--steps", "2", "4", "--num-chains", "2",
                                  "--is-samples", "10"])
-    assert list(bracket["num_steps"]) == [2, 4] and (bracket["seconds"] > 0).all()
+    assert list(bracket["num_steps"]) == [2, 4]
     assert ((bracket["upper"] - bracket["lower"] - bracket["width"]).abs() < 1e-4).all()  # nats per image
     assert (bracket["is_log_px"] < 0).all()
