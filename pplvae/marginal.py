@@ -49,7 +49,8 @@ from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import site_is_subsample
 
 from pplvae.compiled_chunks import CompiledLogWeights, program_signature
-from pplvae.fast_log_prob import FastLogProbMessenger
+from pplvae.data.batches import check_finite
+from pplvae.fast_log_prob import FastLogProbMessenger, base_distribution
 
 __all__ = ["MarginalLikelihood", "default_memory_budget", "log_marginal_likelihood"]
 
@@ -214,10 +215,13 @@ def log_marginal_likelihood(
         progress: called after every chunk with the number of (sample, datapoint)
             pairs just done; they add up to K * N.
         validate: keep Pyro's and torch's checks (``pyro.enable_validation``:
-            NaN warnings, argument and support checks) on in every chunk. By
-            default they run, as set globally, on the probe run over the first
-            4 datapoints only, and are off in the chunks, as in training
-            (:class:`pplvae.TrainConfig`'s ``validate``).
+            NaN warnings, argument and support checks) on in every chunk, and
+            check every observed value against its distribution's support
+            first. By default they run, as set globally, on the probe run over
+            the first 4 datapoints only (observed values outside the support
+            of a distribution that validates its samples included: grey pixels
+            under a Bernoulli are refused), and are off in the chunks, as in
+            training (:class:`pplvae.TrainConfig`'s ``validate``).
         compile: score the chunks by a compiled graph
             (:mod:`pplvae.compiled_chunks`): one chunk recorded with
             ``make_fx`` and compiled by Inductor (``torch.compile``'s compiler), kept for the
@@ -239,9 +243,10 @@ def log_marginal_likelihood(
     Raises:
         ValueError: ``num_samples`` not an integer >= 1; ``max_memory_bytes``
             below 1; no tensor argument, or one with 0 rows; NaN or infinite
-            values in a data argument (the message names the rows); with
-            ``validate=True``, an observed value outside its distribution's
-            support (e.g. grey levels under a Bernoulli likelihood); no plate
+            values in a data argument (the message names the rows); an observed
+            value outside its distribution's support (e.g. grey levels under a
+            Bernoulli likelihood): in any row with ``validate=True``, in the
+            first 4 rows by default (see ``validate``); no plate
             ``plate_name`` in the traces or one of another size than N, or
             subsampled; a sample site outside that plate; a latent site of the
             model that the guide does not sample, or a guide site that the model
@@ -376,11 +381,8 @@ def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, 
     if num_data == 0:
         raise ValueError("the data have 0 rows; pass at least one datapoint.")
     for name, value in [*((f"argument {i}", v) for i, v in enumerate(args)), *kwargs.items()]:
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() > 0:
-            bad = (~torch.isfinite(value.reshape(len(value), -1))).any(1).nonzero().flatten().tolist()
-            if bad:
-                raise ValueError(f"{name} holds NaN or infinite values in {len(bad)} row(s): "
-                                 f"{bad[:10]}{' ...' if len(bad) > 10 else ''}.")
+        if isinstance(value, torch.Tensor):
+            check_finite(value, name)
     if validate:  # every observed value against its distribution's support, chunk by chunk
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
             for start in range(0, num_data, 1024):
@@ -388,16 +390,29 @@ def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, 
                 chunk_args, chunk_kwargs = _slice_data(args, kwargs, num_data, start, stop)
                 model_trace, _ = _traces(model, guide, chunk_args, chunk_kwargs, plate_name,
                                          torch.arange(start, stop, device=device))
-                for name, site in model_trace.nodes.items():
-                    if site["type"] == "sample" and site["is_observed"]:
-                        ok = site["fn"].support.check(site["value"])
-                        if not ok.all():
-                            rows = (~ok.reshape(len(ok) if ok.dim() else 1, -1)).any(1).nonzero().flatten()
-                            raise ValueError(
-                                f"observed site {name!r} holds values outside the support of its "
-                                f"{type(site['fn']).__name__} ({site['fn'].support}) in rows "
-                                f"{(rows[:10] + start).tolist()}; e.g. binarize grey levels for a Bernoulli likelihood.")
+                _refuse_outside_support(model_trace, start)
     return num_data, device
+
+
+def _refuse_outside_support(model_trace, start: int, only_validated: bool = False) -> None:
+    """Raise where an observed site's value is outside its distribution's support, naming the rows.
+
+    ``start``: the global index of the trace's first row. ``only_validated``:
+    check only distributions that validate their samples (``validate_args``
+    not turned off for them), as their own ``log_prob`` would.
+    """
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        if only_validated and not base_distribution(site["fn"])[0]._validate_args:
+            continue
+        ok = site["fn"].support.check(site["value"])
+        if not ok.all():
+            rows = (~ok.reshape(len(ok) if ok.dim() else 1, -1)).any(1).nonzero().flatten()
+            raise ValueError(
+                f"observed site {name!r} holds values outside the support of its "
+                f"{type(site['fn']).__name__} ({site['fn'].support}) in rows "
+                f"{(rows[:10] + start).tolist()}; e.g. binarize grey levels for a Bernoulli likelihood.")
 
 
 def _num_data(args: tuple, kwargs: dict) -> tuple[int, torch.device]:
@@ -477,6 +492,8 @@ def _probe(model, guide, args, kwargs, num_data, plate_name) -> _Probe:
     n = min(num_data, _PROBE_SIZE)
     probe_args, probe_kwargs = _slice_data(args, kwargs, num_data, 0, n)
     model_trace, guide_trace = _traces(model, guide, probe_args, probe_kwargs, plate_name, torch.arange(n))
+    if pyro.infer.util.is_validation_enabled():  # the support checks log_prob would make, on the probe's rows
+        _refuse_outside_support(model_trace, 0, only_validated=True)
     model_sites, guide_sites = _sample_sites(model_trace), _sample_sites(guide_trace)
     all_sites = [("model", s) for s in model_sites.values()] + [("guide", s) for s in guide_sites.values()]
     if not any(_data_frame(site, plate_name) for _, site in all_sites):

@@ -35,7 +35,7 @@ from pplvae.runs import (CHECKPOINT, CHECKPOINT_KEYS, CONFIG, METRICS, describe_
                          load_checkpoint, resumed_config, run_lock, save_checkpoint, save_csv, save_json,
                          set_rng_state)
 from pplvae.data import ImageData
-from pplvae.data.batches import batch_size_of, iterate_batches, num_datapoints
+from pplvae.data.batches import batch_size_of, check_data, iterate_batches, num_datapoints
 from pplvae.data.images import binarize
 from pplvae.models import model_config
 from pplvae.models.protocol import check_model_guide
@@ -499,7 +499,11 @@ class Trainer:
                 programs themselves on this data, before any step is taken.
         """
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):  # no draw spent
-            args, kwargs = next(iter(self.batches(data)))
+            first = next(iter(self.batches(data)), None)
+            if first is None:
+                raise ValueError("the training data yields no minibatch (an empty Dataset or DataLoader); "
+                                 "pass at least one datapoint.")
+            args, kwargs = first
             keep = min(4, batch_size_of(args, kwargs))
             cut = lambda v: v[:keep] if isinstance(v, torch.Tensor) and v.dim() > 0 else v  # noqa: E731
             check_model_guide(self.model.model, self.model.guide, *map(cut, args),
@@ -834,7 +838,9 @@ def fit(
 
     Raises:
         ValueError: the data's width does not match the model's ``x_dim``;
-            the model and guide sample different latent sites; on ``resume``,
+            training or test data held as tensors with no rows, with different
+            leading sizes or with NaN or infinite values (rows named); a
+            ``Dataset`` of length 0 or a loader that yields no minibatch; the model and guide sample different latent sites; on ``resume``,
             another model, data set or seed than the saved run's, or
             ``config.epochs`` below the epochs done.
         TypeError: ``model`` lacks ``model``/``guide``, or data of an unknown kind.
@@ -858,6 +864,8 @@ def fit(
                 f"The model expects x_dim={x_dim} but {data.name} images have {data.x_dim} pixels; "
                 f"build the model with x_dim={data.x_dim}."
             )
+    check_data(data)
+    check_data(test_data, "the test data")
     run_dir = None if run_dir is None else Path(run_dir)
     if resume and not (run_dir / CHECKPOINT).exists():
         load_checkpoint(run_dir / CHECKPOINT)  # raises FileNotFoundError before the folder is made

@@ -17,6 +17,7 @@ import textwrap
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import scipy.io
 import torch
@@ -424,6 +425,33 @@ def test_grey_pixels_under_a_bernoulli_are_refused_with_validate(vae):
         log_marginal_likelihood(vae.model, vae.guide, x, num_samples=3, validate=True)
 
 
+def test_grey_pixels_under_a_bernoulli_are_refused_by_default_on_the_first_rows(vae):
+    """Without validate=True the probe's rows are checked, as their log_prob would check them."""
+    x = _data().x_test[:10].clone()
+    x[2, 5] = 0.5
+    with pytest.raises(ValueError, match=r"observed site 'x' holds values outside the support .* in rows \[2\]"):
+        log_marginal_likelihood(vae.model, vae.guide, x, num_samples=3)
+    with pyro.validation_enabled(False):  # the user's own choice: no checks
+        assert log_marginal_likelihood(vae.model, vae.guide, x, num_samples=3).log_px.isfinite().all()
+
+
+def test_a_distribution_that_does_not_validate_may_score_grey_pixels():
+    """Pyro's own VAE example scores grey MNIST with ``Bernoulli(..., validate_args=False)``: left to it."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            probs = torch.sigmoid(z.sum(-1, keepdim=True)).expand(z.shape[:-1] + (4,))
+            pyro.sample("x", dist.Bernoulli(probs, validate_args=False).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    x = torch.full((3, 4), 0.5)
+    assert log_marginal_likelihood(model, guide, x, num_samples=3).log_px.shape == (3,)
+
+
 def test_shape_messages_report_the_callers_shape(vae):
     x = _data().x_test[:10].reshape(10, 4, 4)
     with pytest.raises(ValueError, match=r"x_dim=16\.(.|\n)*shapes \[\(10, 4, 4\)\]") as error:
@@ -441,3 +469,34 @@ def test_nonsense_estimator_arguments_are_value_errors(vae, kwargs, match):
     x = _data().x_test[: kwargs.pop("rows", 10)]
     with pytest.raises(ValueError, match=match):
         log_marginal_likelihood(vae.model, vae.guide, x, **kwargs)
+
+
+# ---------------------------------------------------------------- 7. fit checks data held as tensors
+
+
+@pytest.mark.parametrize("data, test_data, match", [
+    (torch.zeros(0, 16), None, r"the training data has no datapoints \(tensors of shapes \[\(0, 16\)\]\)"),
+    ((torch.zeros(8, 16), torch.zeros(7)), None, r"must share their leading size .*\[\(8, 16\), \(7,\)\]"),
+    (torch.zeros(8, 16).index_fill(0, torch.tensor([3]), float("nan")), None,
+     r"the training data holds NaN or infinite values in 1 row\(s\): \[3\]\."),
+    ({"x": torch.zeros(8, 16).index_fill(0, torch.arange(12) % 8, float("inf"))}, None,
+     r"the training data \('x'\) holds NaN or infinite values in 8 row\(s\)"),
+    (torch.zeros(8, 16), torch.full((4, 16), float("nan")), r"the test data holds NaN or infinite values in 4 row"),
+])
+def test_bad_tensor_data_is_named_before_anything_is_written(tmp_path, data, test_data, match):
+    """Before: NaN data ran a step and stopped as a diverged loss ("lower the learning rate"); no rows, StopIteration."""
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=match):
+        fit(model, data, TrainConfig(epochs=1, batch_size=4, device="cpu"), tmp_path / "run", test_data=test_data)
+    assert not (tmp_path / "run").exists()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_an_empty_dataset_or_loader_is_one_clear_error():
+    empty = torch.utils.data.TensorDataset(torch.zeros(0, 16))
+    with pytest.raises(ValueError, match="the training data has no datapoints \\(an empty TensorDataset\\)"):
+        fit(_model(), empty, TrainConfig(epochs=1, device="cpu"))
+    with pytest.raises(ValueError, match="yields no minibatch"):  # a loader that drops its only, incomplete batch
+        fit(_model(), torch.utils.data.DataLoader(torch.zeros(3, 16), batch_size=4, drop_last=True),
+            TrainConfig(epochs=1, device="cpu"))

@@ -29,7 +29,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["Binarize", "batch_size_of", "iterate_batches", "num_datapoints", "to_arguments"]
+__all__ = ["Binarize", "batch_size_of", "check_data", "check_finite", "iterate_batches", "num_datapoints",
+           "to_arguments"]
 
 
 class Binarize:
@@ -86,6 +87,54 @@ def batch_size_of(args: tuple, kwargs: dict) -> int:
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return value.shape[0]
     raise ValueError("A minibatch needs a tensor argument whose dim 0 runs over its datapoints.")
+
+
+def check_finite(value: torch.Tensor, name: str) -> None:
+    """Refuse a floating-point tensor (N, ...) that holds NaN or infinite values, naming its rows.
+
+    One reduction over ``value`` where it is finite (the common case); the rows
+    are found only where it is not.
+
+    Raises:
+        ValueError: "``name`` holds NaN or infinite values in R row(s): [i, ...]"
+            (at most ten row indices along dim 0, then how many more).
+    """
+    if not value.is_floating_point() or value.dim() == 0 or bool(torch.isfinite(value).all()):
+        return
+    bad = (~torch.isfinite(value.reshape(len(value), -1))).any(1).nonzero().flatten().tolist()
+    rows = f"{bad[:10]} and {len(bad) - 10} more" if len(bad) > 10 else f"{bad}"
+    raise ValueError(f"{name} holds NaN or infinite values in {len(bad)} row(s): {rows}.")
+
+
+def check_data(data, what: str = "the training data") -> None:
+    """Check training or test data before any step: no datapoints, mismatched or non-finite tensors.
+
+    Tensors held whole (a tensor, or a tuple, list or dict of them) are
+    read once; a ``Dataset`` or ``DataLoader`` only has its length checked
+    (its items are not read here). ``None`` passes.
+
+    Raises:
+        ValueError: no datapoints (tensors of leading size 0, a ``Dataset``
+            of length 0), tensors of different leading sizes, or a
+            floating-point tensor with NaN or infinite values (its rows
+            named), so that a bad datapoint is named before any step rather
+            than reported as a diverged loss.
+    """
+    if data is None:
+        return
+    tensors = _tensors(data)
+    if tensors is None:
+        if num_datapoints(data) == 0:
+            raise ValueError(f"{what} has no datapoints (an empty {type(data).__name__}); pass at least one.")
+        return
+    shapes = [tuple(t.shape) for t in tensors]
+    if any(t.dim() == 0 for t in tensors) or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
+        raise ValueError(f"The tensors of {what} must share their leading size (the datapoints), got {shapes}.")
+    if tensors[0].shape[0] == 0:
+        raise ValueError(f"{what} has no datapoints (tensors of shapes {shapes}); pass at least one row.")
+    names = list(data) if isinstance(data, Mapping) else range(len(tensors))
+    for name, tensor in zip(names, tensors):
+        check_finite(tensor, what if isinstance(data, torch.Tensor) else f"{what} ({name!r})")
 
 
 def _tensors(data) -> list[torch.Tensor] | None:
