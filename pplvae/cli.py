@@ -388,7 +388,9 @@ def evaluate(args: argparse.Namespace) -> None:
         print(f"  {name:<16}{value:10.2f}")
     print(f"  {'log p(x)':<16}{row['log_px']:10.2f} ± {row['log_px_stderr']:.2f} (standard error)")
     print(f"  {'ESS mean / min':<16}{row['ess_mean']:10.1f} / {row['ess_min']:.1f} of {k}")
-    print(f"  {'Pareto k max':<16}{row['pareto_k_max']:10.2f}")
+    pareto = row["pareto_k_max"]
+    print(f"  {'Pareto k max':<16}" + (f"{pareto:10.2f}" if math.isfinite(pareto)
+                                       else f"{'n/a':>10}  (needs 10 weights above the cutoff: K >= 50)"))
     print(f"  {'samples/s':<16}{row['samples_per_second']:10.0f}  ({row['seconds']:.1f} s)")
     print(f"written to {args.run / EVALUATION}")
 

@@ -69,6 +69,13 @@ def test_command_prints_the_table_and_writes_the_csv(trained_run, data_dir, caps
         assert label in out
     row = pd.read_csv(trained_run / EVALUATION).iloc[0]
     assert f"{row['log_px']:.2f}" in out and f"{row['elbo']:.2f}" in out
+    assert f"Pareto k max    {row['pareto_k_max']:10.2f}" in out
+
+    # K = 10 leaves too few weights above the cutoff for a Pareto fit: said so, not printed as "nan"
+    assert main(["evaluate", str(trained_run), "--num-samples", "10", "--max-examples", "5",
+                 "--device", "cpu", "--data-dir", str(data_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto k max           n/a  (needs 10 weights above the cutoff: K >= 50)" in out and "nan" not in out
 
 
 def test_bad_requests_are_clear_errors(trained_run, tmp_path, data_dir, capsys):
