@@ -55,7 +55,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
-from pplvae.marginal import _num_data, _per_datapoint, _probe, _sample_sites, _slice_data
+from pplvae.marginal import _checked_data, _per_datapoint, _probe, _sample_sites, _slice_data
 
 __all__ = ["AISResult", "BDMCResult", "annealed_importance_sampling", "bidirectional_monte_carlo", "beta_schedule"]
 
@@ -222,7 +222,8 @@ def annealed_importance_sampling(
             ``batch_size`` < 1; unknown ``initial`` or ``schedule``; a latent
             site that is not real-valued or not inside the data plate as its
             outermost plate; and everything
-            :func:`pplvae.log_marginal_likelihood` rejects about the plates.
+            :func:`pplvae.log_marginal_likelihood` rejects about the data
+            (0 rows, NaN or infinite values) and the plates.
 
     Example:
         >>> import pyro.distributions as dist
@@ -283,6 +284,7 @@ def bidirectional_monte_carlo(
     """
     if not (0 <= data_arg < len(args) and isinstance(args[data_arg], torch.Tensor)):
         raise ValueError(f"args[{data_arg}] must be the data tensor, got {len(args)} positional argument(s).")
+    _checked_data(args, {})  # 0 rows or non-finite inputs: named here, not as an error inside the model
     template = args[data_arg]
     with torch.no_grad(), poutine.block():
         trace = poutine.trace(poutine.uncondition(model)).get_trace(*args)
@@ -318,7 +320,7 @@ def _ais(model, guide, args, kwargs, *, num_steps=500, num_chains=16, initial="g
     betas = beta_schedule(num_steps, schedule)
     if posterior is not None:
         betas = betas.flip(0)
-    num_data, _ = _num_data(args, kwargs)
+    num_data, _ = _checked_data(args, kwargs)
     with torch.no_grad(), poutine.block():
         nesting = _probe(model, guide, args, kwargs, num_data, plate_name).max_plate_nesting
     chunks = []

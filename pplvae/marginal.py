@@ -377,12 +377,7 @@ def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, 
         raise ValueError(f"num_samples must be at least 1 and an integer, got {num_samples!r}.")
     if max_memory_bytes is not None and not max_memory_bytes >= 1:
         raise ValueError(f"max_memory_bytes must be a positive number of bytes, got {max_memory_bytes!r}.")
-    num_data, device = _num_data(args, kwargs)
-    if num_data == 0:
-        raise ValueError("the data have 0 rows; pass at least one datapoint.")
-    for name, value in [*((f"argument {i}", v) for i, v in enumerate(args)), *kwargs.items()]:
-        if isinstance(value, torch.Tensor):
-            check_finite(value, name)
+    num_data, device = _checked_data(args, kwargs)
     if validate:  # every observed value against its distribution's support, chunk by chunk
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
             for start in range(0, num_data, 1024):
@@ -413,6 +408,17 @@ def _refuse_outside_support(model_trace, start: int, only_validated: bool = Fals
                 f"observed site {name!r} holds values outside the support of its "
                 f"{type(site['fn']).__name__} ({site['fn'].support}) in rows "
                 f"{(rows[:10] + start).tolist()}; e.g. binarize grey levels for a Bernoulli likelihood.")
+
+
+def _checked_data(args: tuple, kwargs: dict) -> tuple[int, torch.device]:
+    """N and the data's device (:func:`_num_data`), refusing 0 rows and NaN or infinite values (rows named)."""
+    num_data, device = _num_data(args, kwargs)
+    if num_data == 0:
+        raise ValueError("the data have 0 rows; pass at least one datapoint.")
+    for name, value in [*((f"argument {i}", v) for i, v in enumerate(args)), *kwargs.items()]:
+        if isinstance(value, torch.Tensor):
+            check_finite(value, name)
+    return num_data, device
 
 
 def _num_data(args: tuple, kwargs: dict) -> tuple[int, torch.device]:

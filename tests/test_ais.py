@@ -101,6 +101,17 @@ def test_ais_rejects_what_it_cannot_move(lg, x):  # noqa: F811
         bidirectional_monte_carlo(lg.model, lg.worse_guide, x, data_arg=1)
 
 
+@pytest.mark.parametrize("estimator", [annealed_importance_sampling, bidirectional_monte_carlo])
+def test_bad_data_are_named_before_any_chain_runs(lg, x, estimator):  # noqa: F811
+    """Before: NaN gave torch's multi-line parameter error from inside the guide, no rows ZeroDivisionError."""
+    with pytest.raises(ValueError, match="0 rows"):
+        estimator(lg.model, lg.worse_guide, x[:0], num_steps=2)
+    bad = x.clone()
+    bad[3] = float("inf")
+    with pytest.raises(ValueError, match=r"argument 0 holds NaN or infinite values in 1 row\(s\): \[3\]\."):
+        estimator(lg.model, lg.worse_guide, bad, num_steps=2)
+
+
 @pytest.mark.parametrize("model_class, config", [
     (VAE, VAEConfig(x_dim=12, z_dim=3, hidden_dims=(8,))),
     (VampPriorVAE, VampPriorConfig(x_dim=12, z_dim=3, hidden_dims=(8,), num_pseudo_inputs=4)),
