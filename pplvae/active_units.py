@@ -19,6 +19,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pplvae.data.batches import check_finite
+
 __all__ = ["active_units", "latent_mean_variances"]
 
 #: Burda et al.'s threshold on Var_x(E_q[u | x]).
@@ -52,11 +54,15 @@ def latent_mean_variances(
         variance, in squared latent units), float64.
 
     Raises:
-        ValueError: ``num_samples`` < 1 or fewer than two datapoints.
+        ValueError: ``num_samples`` < 1, fewer than two datapoints, or NaN or
+            infinite values in a tensor argument (the rows named).
     """
     n = args[0].shape[0]
     if num_samples < 1 or n < 2:
         raise ValueError(f"Need num_samples >= 1 and at least 2 datapoints, got {num_samples} and {n}.")
+    for i, value in enumerate(args):
+        if torch.is_tensor(value):
+            check_finite(value, f"argument {i}")
     means: dict[str, list[torch.Tensor]] = {}
     for start in range(0, n, batch_size):
         chunk = [a[start : start + batch_size] if torch.is_tensor(a) and a.shape[:1] == (n,) else a for a in args]

@@ -103,6 +103,9 @@ def test_active_units_count_the_units_whose_mean_moves_with_x():
     torch.nn.init.zeros_(hvae.encoder_z1.loc_scale.weight)
     counts = active_units(hvae.guide, x, num_samples=3)
     assert counts["z1"] == 0 and latent_mean_variances(hvae.guide, x)["z1"].abs().max() < 1e-12
+    x[7, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"argument 0 holds NaN or infinite values in 1 row\(s\): \[7\]"):
+        active_units(hvae.guide, x)
 
 
 @pytest.mark.parametrize("name", sorted(SITES))
