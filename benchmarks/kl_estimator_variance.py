@@ -8,7 +8,7 @@ mean with its standard error, the standard deviation of one estimate, and the
 total variance (trace of the covariance) of the gradient with respect to the
 encoder's parameters.
 
-    python benchmarks/kl_estimator_variance.py runs/objectives-comparison/vae --data-dir ../shared/data
+    python -m benchmarks.kl_estimator_variance runs/objectives-comparison/vae --data-dir ../shared/data
 """
 
 from __future__ import annotations

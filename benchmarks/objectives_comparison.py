@@ -1,4 +1,4 @@
-"""Compare training objectives on MNIST at an equal budget (issue 5).
+"""Compare training objectives on MNIST at an equal budget.
 
 Trains the same VAE (same architecture, seed, initial weights, epochs, batch
 size and data) with four objectives: the plain ELBO, beta-VAE (beta = 4),
@@ -8,20 +8,20 @@ MMD-VAE and IWAE (K = 5), then scores every model with the same estimators:
   draw) and the closed-form KL(q(z|x) || p(z)) on the whole test set,
   nats per datapoint (``make_objective("elbo-analytic").loss_terms``);
 * ``log_px``: the importance-sampled log p̂(x) of
-  :func:`pplvae.log_marginal_likelihood` (issue 3; Burda et al. 2016, eq. 8)
+  :func:`pplvae.log_marginal_likelihood` (Burda et al. 2016, eq. 8)
   with ``--num-samples`` draws from q(z|x) per datapoint on the first
   ``--eval-size`` test images, nats per datapoint, with its standard error
   over datapoints, the mean and smallest effective sample size, and the
   largest Pareto k-hat of the importance weights and the share of images
   whose k-hat is above 0.7 (where the estimate is unreliable);
 * ``active_units``: latent dimensions u with Var_x(E_q[z_u|x]) > 0.01 over
-  the test set (Burda et al. 2016, section 5.2).
+  the test set (Burda et al. 2016, section 5.2; :func:`pplvae.active_units.active_units`).
 
 Writes ``comparison.csv`` (one row per objective), ``samples.png`` (64 prior
 samples per model as 8x8 grids side by side, in the CSV's row order), and
 each run's ``metrics.csv`` and ``elbo.png`` under ``--out``.
 
-    python benchmarks/objectives_comparison.py --data-dir ../shared/data --epochs 3
+    python -m benchmarks.objectives_comparison --data-dir ../shared/data --epochs 3
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ from torchvision.utils import make_grid, save_image
 
 import pplvae
 from pplvae import VAE, TrainConfig, VAEConfig, fit, load_dataset, make_objective
+from pplvae.active_units import active_units
 from pplvae.plots import plot_elbo_curves
-
-ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016), section 5.2
 
 
 def objectives(args) -> dict[str, dict]:
@@ -61,7 +60,7 @@ def chunks(x: torch.Tensor, size: int):
 
 @torch.no_grad()
 def log_px(model, x: torch.Tensor, num_samples: int) -> dict:
-    """Issue 3's estimator on ``x``: mean log p̂(x) and its standard error (nats per
+    """:func:`pplvae.log_marginal_likelihood` on ``x``: mean log p̂(x) and its standard error (nats per
     datapoint), the effective sample size, the largest Pareto k-hat and the share
     of datapoints whose k-hat exceeds 0.7 (Vehtari et al.'s reliability threshold)."""
     result = pplvae.log_marginal_likelihood(model.model, model.guide, x, num_samples=num_samples)
@@ -82,14 +81,13 @@ def evaluate(model, data, args) -> dict:
         for key in sums:
             sums[key] += terms[key].item()
     n = len(data.x_test)
-    z_loc = torch.cat([model.encode(x)[0] for x in chunks(data.x_test, 1000)])  # (N_test, z_dim)
     importance = log_px(model, data.x_test[: args.eval_size], args.num_samples)
     return {
         "test_elbo": (sums["reconstruction"] - sums["kl"]) / n,
         "test_reconstruction": sums["reconstruction"] / n,
         "test_kl": sums["kl"] / n,
         **importance,
-        "active_units": int((z_loc.var(dim=0) > ACTIVE_UNIT_THRESHOLD).sum()),
+        "active_units": active_units(model.guide, data.x_test, num_samples=1)["z"],  # E_q[z|x] = z_loc, exact
         "eval_seconds": time.perf_counter() - start,
         "num_samples": args.num_samples,
         "eval_size": min(args.eval_size, n),
@@ -136,7 +134,8 @@ def main(argv=None) -> pd.DataFrame:
         pyro.set_rng_seed(args.seed + 1)
         row = {"objective": name, "beta": config.beta, "num_particles": config.num_particles,
                "mmd_weight": config.mmd_weight if config.objective == "mmd" else None,
-               "kernel": config.kernel if config.objective == "mmd" else None, "epochs": args.epochs, "batch_size": args.batch_size, "train_size": len(data.x_train),
+               "kernel": config.kernel if config.objective == "mmd" else None, "epochs": args.epochs,
+               "batch_size": args.batch_size, "train_size": len(data.x_train),
                "train_seconds": train_seconds, **evaluate(model, data, args)}
         rows.append(row)
         print(f"{name}: ELBO {row['test_elbo']:.2f}, log p(x) {row['log_px']:.2f}, KL {row['test_kl']:.2f}, "

@@ -1,4 +1,4 @@
-"""Training objectives beyond the plain ELBO (issue 5).
+"""Training objectives beyond the plain ELBO.
 
 One module per objective: :mod:`~pplvae.objectives.elbo` (beta-VAE, sampled
 or analytic KL), :mod:`~pplvae.objectives.iwae` (importance-weighted bound),
