@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         args.given = _given_flags(parser, argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    # Pyro's own logger (its handler, no propagation) reports guesses such as max_plate_nesting at INFO
+    logging.getLogger("pyro").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         if args.command in ("train", "evaluate"):
             distributed.init_from_env()

@@ -1,5 +1,6 @@
 """The trainer with each objective: split metrics, KL warm-up, the command-line flags."""
 
+import logging
 import math
 
 import pandas as pd
@@ -75,6 +76,26 @@ def test_command_line_flags(tmp_path, data_dir, capsys):
     assert main(["train", "--data-dir", str(data_dir), "--objective", "iwae", "--kl-warmup", "2",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "kl_warmup" in capsys.readouterr().err
+
+
+def test_the_command_line_keeps_pyros_info_messages_out_of_its_output(tmp_path, data_dir):
+    """Pyro logs "Guessed max_plate_nesting" at INFO for IWAE's RenyiELBO (to its own stderr handler,
+    not propagated); the command emits it only with -v."""
+    emitted = []
+    collect = logging.Handler()
+    collect.emit = lambda record: emitted.append(record.getMessage())
+    logging.getLogger("pyro").addHandler(collect)
+    run = ["train", "--data-dir", str(data_dir), "--train-size", "100", "--test-size", "50", "--z-dim", "2",
+           "--hidden-dims", "8", "--epochs", "1", "--objective", "iwae", "--num-particles", "2", "--no-progress",
+           "--device", "cpu"]
+    try:
+        assert main([*run, "--out", str(tmp_path / "quiet")]) == 0
+        assert not any("max_plate_nesting" in message for message in emitted)
+        assert main(["-v", *run, "--out", str(tmp_path / "verbose")]) == 0
+        assert any("Guessed max_plate_nesting" in message for message in emitted)
+    finally:
+        logging.getLogger("pyro").removeHandler(collect)
+        logging.getLogger("pyro").setLevel(logging.INFO)  # Pyro's own default, for the tests after this one
 
 
 def test_training_set_smaller_than_the_test_set(data_dir):
