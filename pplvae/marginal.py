@@ -43,6 +43,7 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
@@ -394,14 +395,21 @@ def _refuse_outside_support(model_trace, start: int, only_validated: bool = Fals
 
     ``start``: the global index of the trace's first row. ``only_validated``:
     check only distributions that validate their samples (``validate_args``
-    not turned off for them), as their own ``log_prob`` would.
+    not turned off for them), as their own ``log_prob`` would. Distributions
+    without a ``support``, or with a dependent one, are not checked.
     """
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or not site["is_observed"]:
             continue
         if only_validated and not base_distribution(site["fn"])[0]._validate_args:
             continue
-        ok = site["fn"].support.check(site["value"])
+        try:
+            support = site["fn"].support
+        except NotImplementedError:  # a distribution without a support: nothing to check, as in torch
+            continue
+        if constraints.is_dependent(support):  # undecidable without the parameters, as in torch
+            continue
+        ok = support.check(site["value"])
         if not ok.all():
             rows = (~ok.reshape(len(ok) if ok.dim() else 1, -1)).any(1).nonzero().flatten()
             raise ValueError(

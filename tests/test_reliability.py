@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pyro
@@ -450,6 +451,43 @@ def test_a_distribution_that_does_not_validate_may_score_grey_pixels():
 
     x = torch.full((3, 4), 0.5)
     assert log_marginal_likelihood(model, guide, x, num_samples=3).log_px.shape == (3,)
+
+
+class _NoSupport(dist.TorchDistribution):
+    """A user's distribution that defines no support: log N(x; loc, 1/2) up to a constant, per pixel, summed."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, loc):
+        self.loc = loc
+        super().__init__(loc.shape[:-1], loc.shape[-1:])
+
+    def log_prob(self, x):
+        return -((x - self.loc) ** 2).sum(-1)
+
+
+class _DependentSupport(_NoSupport):
+    support = torch.distributions.constraints.dependent
+
+
+@pytest.mark.parametrize("likelihood", [_NoSupport, _DependentSupport])
+@pytest.mark.parametrize("validate", [False, True])
+def test_observed_sites_without_a_decidable_support_are_not_checked(likelihood, validate):
+    """As torch's own validation does, a distribution without a support (or a dependent one) is scored unchecked."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", likelihood(z.sum(-1, keepdim=True).expand(z.shape[:-1] + (3,))), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that the first has no support to validate against
+        result = log_marginal_likelihood(model, guide, torch.zeros(4, 3), num_samples=5, validate=validate)
+    assert result.log_px.isfinite().all()
 
 
 def test_shape_messages_report_the_callers_shape(vae):
