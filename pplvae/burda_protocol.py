@@ -27,7 +27,6 @@ References:
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ import pyro
 import torch
 
 from pplvae.active_units import active_units
+from pplvae.marginal import _check_options
 from pplvae.runs import BURDA_RESULTS, save_csv
 from pplvae.data import ImageData
 from pplvae.evaluation import evaluate_run
@@ -147,10 +147,7 @@ def run_burda_protocol(
             or ``max_memory_bytes`` not positive (checked before training).
         FileExistsError / FileNotFoundError: as :func:`pplvae.fit`.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
-        raise ValueError(f"num_samples (K of the log p(x) estimate) must be a positive integer, got {num_samples!r}.")
-    if max_memory_bytes is not None and not max_memory_bytes >= 1:
-        raise ValueError(f"max_memory_bytes must be a positive number of bytes, got {max_memory_bytes!r}.")
+    _check_options(num_samples, max_memory_bytes)  # the estimate's arguments, before thousands of epochs
     config = burda_train_config(objective, num_particles, stages, seed=seed, device=device, kl_warmup=kl_warmup)
     pyro.set_rng_seed(seed)
     network = burda_model(model, data.x_dim)

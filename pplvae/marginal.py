@@ -374,10 +374,7 @@ def default_memory_budget(device: torch.device | str) -> int:
 def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, validate,
                      plate_name) -> tuple[int, torch.device]:
     """Check the estimator's arguments and all of the data; return N and the data's device."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1 and an integer, got {num_samples!r}.")
-    if max_memory_bytes is not None and not max_memory_bytes >= 1:
-        raise ValueError(f"max_memory_bytes must be a positive number of bytes, got {max_memory_bytes!r}.")
+    _check_options(num_samples, max_memory_bytes)
     num_data, device = _checked_data(args, kwargs)
     if validate:  # every observed value against its distribution's support, chunk by chunk
         with torch.no_grad(), poutine.block(), pyro.validation_enabled(False):
@@ -388,6 +385,14 @@ def _check_arguments(model, guide, args, kwargs, num_samples, max_memory_bytes, 
                                          torch.arange(start, stop, device=device))
                 _refuse_outside_support(model_trace, start)
     return num_data, device
+
+
+def _check_options(num_samples, max_memory_bytes) -> None:
+    """Refuse a K that is not an integer >= 1 and a memory budget below 1 byte (None: the default)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1 and an integer, got {num_samples!r}.")
+    if max_memory_bytes is not None and not max_memory_bytes >= 1:
+        raise ValueError(f"max_memory_bytes must be a positive number of bytes, got {max_memory_bytes!r}.")
 
 
 def _refuse_outside_support(model_trace, start: int, only_validated: bool = False) -> None:

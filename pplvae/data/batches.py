@@ -127,14 +127,20 @@ def check_data(data, what: str = "the training data") -> None:
         if num_datapoints(data) == 0:
             raise ValueError(f"{what} has no datapoints (an empty {type(data).__name__}); pass at least one.")
         return
-    shapes = [tuple(t.shape) for t in tensors]
-    if any(t.dim() == 0 for t in tensors) or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
-        raise ValueError(f"The tensors of {what} must share their leading size (the datapoints), got {shapes}.")
-    if tensors[0].shape[0] == 0:
+    if _leading_size(tensors, what) == 0:
+        shapes = [tuple(t.shape) for t in tensors]
         raise ValueError(f"{what} has no datapoints (tensors of shapes {shapes}); pass at least one row.")
     names = list(data) if isinstance(data, Mapping) else range(len(tensors))
     for name, tensor in zip(names, tensors):
         check_finite(tensor, what if isinstance(data, torch.Tensor) else f"{what} ({name!r})")
+
+
+def _leading_size(tensors: list[torch.Tensor], what: str) -> int:
+    """N, the leading size all ``tensors`` share; ValueError naming their shapes where they do not."""
+    if any(t.dim() == 0 or t.shape[0] != tensors[0].shape[0] for t in tensors):
+        raise ValueError(f"The tensors of {what} must share their leading size (the datapoints), got "
+                         f"{[tuple(t.shape) for t in tensors]}.")
+    return tensors[0].shape[0]
 
 
 def _tensors(data) -> list[torch.Tensor] | None:
@@ -186,10 +192,7 @@ def iterate_batches(
     """
     tensors = _tensors(data)
     if tensors is not None:
-        n = tensors[0].shape[0]
-        if any(t.shape[:1] != (n,) for t in tensors):
-            raise ValueError(f"The tensors of the data must share their leading size, got "
-                             f"{[tuple(t.shape) for t in tensors]}.")
+        n = _leading_size(tensors, "the data")
         steps = rows
         if steps is None:
             order = torch.randperm(n, device=tensors[0].device) if shuffle else None
