@@ -21,9 +21,13 @@ Recognized (by exact type; a subclass may have its own ``log_prob``):
   2^b and cannot overflow while 2^b is well inside the dtype's range; the
   log is taken once per block of b pixels instead of once per pixel (one
   ``exp`` per pixel in place of ``binary_cross_entropy_with_logits``'s
-  ``exp`` and ``log1p``, and no division as in a ``sigmoid``). All three sums
-  run block by block, so that a compiler fuses them into one pass over the
-  logits. On a GPU these kernels are memory-bound and the
+  ``exp`` and ``log1p``, and no division as in a ``sigmoid``). The first
+  sum is a matrix-vector product where the pixels repeat over samples (K
+  samples of one datapoint's logits against its pixels), the other two run
+  on one temporary, |l|, transformed in place: one new tensor of the logits'
+  size instead of the cross-entropy's two (its elementwise terms and the
+  sum's input), which on a CPU costs fresh memory pages when the logits of
+  thousands of samples no longer fit the allocator's reused blocks. On a GPU these kernels are memory-bound and the
   fused cross-entropy is one pass, so Bernoulli sites keep their own
   ``log_prob`` there.
 * ``Normal`` (also ``.to_event(n)``) whose parameters a plate expanded:
@@ -92,11 +96,34 @@ def bernoulli_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tenso
     """
     d = logits.shape[-1]
     block = _block_size(d, logits.dtype)
-    logits = logits.unflatten(-1, (d // block, block))  # (..., D / b, b): every sum below runs per block
+    terms = _inner(logits, value - 0.5)  # sum_d l_d (x_d - 1/2)
     magnitude = logits.abs()
-    terms = (logits * (value - 0.5).unflatten(-1, (d // block, block))).sum(-1) - 0.5 * magnitude.sum(-1)
-    factors = magnitude.neg_().exp_().add_(1)  # 1 + exp(-|l|), in [1, 2]
-    return (terms - factors.prod(-1).log_()).sum(-1)
+    terms = terms - 0.5 * magnitude.sum(-1)
+    factors = magnitude.neg_().exp_().add_(1).unflatten(-1, (d // block, block))  # 1 + exp(-|l|), in [1, 2]
+    return terms - factors.prod(-1).log_().sum(-1)
+
+
+def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_d a[..., d] b[..., d], broadcast: (...) the broadcast of both shapes without the last dim.
+
+    Where ``b``'s rows repeat over ``a``'s leading dims (observed pixels of n
+    datapoints against K samples of logits), a matrix-vector product per
+    datapoint: one pass over ``a`` and no temporary of its size.
+    """
+    shape = torch.broadcast_shapes(a.shape, b.shape)[:-1]
+    repeated = b
+    while repeated.dim() > 1 and repeated.shape[0] == 1:
+        repeated = repeated[0]
+    lead = a.dim() - repeated.dim()
+    if b.dim() == 0 or lead < 1 or a.shape[lead:] != repeated.shape or a.dtype != b.dtype:
+        return (a * b).sum(-1)
+    rows = repeated.reshape(-1, b.shape[-1])  # (n, D)
+    samples = a.reshape(-1, *rows.shape)  # (k, n, D)
+    if len(rows) == 1:
+        out = samples[:, 0] @ rows[0]  # (k,)
+    else:
+        out = (samples.transpose(0, 1) @ rows.unsqueeze(-1)).squeeze(-1).T  # (k, n)
+    return out.reshape(shape)
 
 
 @functools.lru_cache(maxsize=None)

@@ -54,6 +54,34 @@ def test_bernoulli_identity_for_every_width_including_primes():
         torch.testing.assert_close(bernoulli_log_prob(logits, value), exact_bernoulli(logits, value))
 
 
+
+@pytest.mark.parametrize("logits_shape, value_shape", [
+    ((50, 1, 30), (1, 30)),  # K samples of one datapoint (a matrix-vector product)
+    ((50, 4, 30), (4, 30)),  # K samples of 4 datapoints (one per datapoint)
+    ((50, 4, 30), (1, 1, 4, 30)),  # leading size-1 dims of the value
+    ((2, 5, 4, 30), (4, 30)),  # several leading sample dims
+    ((50, 30), (30,)),
+    ((4, 30), (50, 4, 30)),  # the value larger than the logits
+    ((50, 4, 30), (50, 1, 30)),  # the value repeats over datapoints, not samples
+    ((50, 4, 30), (50, 4, 30)),  # nothing repeats
+])
+def test_bernoulli_identity_broadcasts_as_log_prob(logits_shape, value_shape):
+    torch.manual_seed(3)
+    logits = torch.randn(logits_shape, dtype=torch.float64) * 4
+    value = torch.bernoulli(torch.full(value_shape, 0.4, dtype=torch.float64))
+    expected = dist.Bernoulli(logits=logits).log_prob(value).sum(-1)
+    torch.testing.assert_close(bernoulli_log_prob(logits, value), expected)
+    mixed = bernoulli_log_prob(logits.float(), value)  # float32 logits, float64 pixels: no matrix product
+    torch.testing.assert_close(mixed.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_bernoulli_identity_on_expanded_logits():
+    """Logits a plate expanded (stride 0 over the samples) against their own datapoint."""
+    torch.manual_seed(4)
+    logits, value = torch.randn(3, 30, dtype=torch.float64).expand(50, 3, 30), torch.bernoulli(torch.rand(3, 30))
+    torch.testing.assert_close(bernoulli_log_prob(logits, value.double()), exact_bernoulli(logits, value.double()))
+
+
 def expanded_normal(batch_shape):
     loc, scale = torch.randn(3, 5), torch.rand(3, 5) + 0.1
     return dist.Normal(loc, scale).to_event(1).expand(batch_shape)
