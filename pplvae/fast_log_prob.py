@@ -25,11 +25,11 @@ Recognized (by exact type; a subclass may have its own ``log_prob``):
   sum is a matrix-vector product where the pixels repeat over samples (K
   samples of one datapoint's logits against its pixels), the other two run
   on one temporary, |l|, transformed in place: one new tensor of the logits'
-  size instead of the cross-entropy's two (its elementwise terms and the
-  sum's input), which on a CPU costs fresh memory pages when the logits of
-  thousands of samples no longer fit the allocator's reused blocks. On a GPU these kernels are memory-bound and the
-  fused cross-entropy is one pass, so Bernoulli sites keep their own
-  ``log_prob`` there.
+  size where ``binary_cross_entropy_with_logits`` writes four, each of which
+  costs fresh memory pages on a CPU once the logits of thousands of samples
+  outgrow the allocator's reused blocks. On a GPU these kernels are
+  memory-bound and the fused cross-entropy is one pass, so Bernoulli sites
+  keep their own ``log_prob`` there.
 * ``Normal`` (also ``.to_event(n)``) whose parameters a plate expanded:
   ``log scale`` is computed on the parameters before ``expand`` (the expanded
   dims have stride 0), not once per sample. A prior's (z_dim,) scale expanded
