@@ -31,6 +31,7 @@ from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
 import pplvae
+from pplvae.cli import positive_int
 from pplvae.data import Binarize
 from pplvae.data.paths import candidate_dirs
 
@@ -118,12 +119,12 @@ class ConvVAE(PyroModule):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--z-dim", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-samples", type=int, default=1000, help="importance samples K per test image")
-    parser.add_argument("--train-size", type=int, help="train on the first N training images (a Subset)")
-    parser.add_argument("--test-size", type=int, help="score the first N test images")
+    parser.add_argument("--epochs", type=positive_int, default=5)
+    parser.add_argument("--z-dim", type=positive_int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--num-samples", type=positive_int, default=1000, help="importance samples K per test image")
+    parser.add_argument("--train-size", type=positive_int, help="train on the first N training images (a Subset)")
+    parser.add_argument("--test-size", type=positive_int, help="score the first N test images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")

@@ -13,16 +13,17 @@ from pathlib import Path
 import pyro
 
 from pplvae import CVAE, CVAEConfig, TrainConfig, fit, load_dataset, log_marginal_likelihood
+from pplvae.cli import positive_int
 from pplvae.models import model_config
 from pplvae.plots import plot_run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--num-samples", type=int, default=1000, help="importance samples per test image")
-    parser.add_argument("--train-size", type=int)
-    parser.add_argument("--test-size", type=int)
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--num-samples", type=positive_int, default=1000, help="importance samples per test image")
+    parser.add_argument("--train-size", type=positive_int)
+    parser.add_argument("--test-size", type=positive_int)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
     parser.add_argument("--out", type=Path, default=Path("runs/mnist-cvae"))

@@ -67,6 +67,7 @@ import torch
 from pyro.nn import PyroModule
 
 from pplvae import TrainConfig, fit, load_dataset, log_marginal_likelihood
+from pplvae.cli import positive_int
 from pplvae.data import ImageData
 from pplvae.models import model_config
 from pplvae.networks import BernoulliDecoder, GaussianEncoder, concat
@@ -460,12 +461,13 @@ def plot_quadrant_predictions(baseline, cvae, x, image_shape, path, num_images: 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--observed", type=int, nargs="+", default=[1, 2, 3], help="numbers of observed quadrants")
-    parser.add_argument("--epochs", type=int, default=5, help="CVAE epochs (Pyro's tutorial: up to 50)")
-    parser.add_argument("--baseline-epochs", type=int, help="default: --epochs")
-    parser.add_argument("--num-samples", type=int, default=100, help="importance samples per test image")
-    parser.add_argument("--train-size", type=int)
-    parser.add_argument("--test-size", type=int)
+    parser.add_argument("--observed", type=int, choices=[1, 2, 3], nargs="+", default=[1, 2, 3],
+                        help="numbers of observed quadrants")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="CVAE epochs (Pyro's tutorial: up to 50)")
+    parser.add_argument("--baseline-epochs", type=positive_int, help="default: --epochs")
+    parser.add_argument("--num-samples", type=positive_int, default=100, help="importance samples per test image")
+    parser.add_argument("--train-size", type=positive_int)
+    parser.add_argument("--test-size", type=positive_int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")

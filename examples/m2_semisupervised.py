@@ -57,6 +57,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 import pplvae
+from pplvae.cli import positive_float, positive_int
 from pplvae.data import Binarize
 
 MAX_PLATE_NESTING = 1  # one plate ("labelled" or "data") around every site; enumeration takes dim -2
@@ -226,16 +227,16 @@ def balanced_labelled(labels: torch.Tensor, per_class: int, generator: torch.Gen
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--labels-per-class", type=int, default=100, help="labelled training images per digit")
-    parser.add_argument("--z-dim", type=int, default=50)
-    parser.add_argument("--hidden", type=int, default=500)
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--labels-per-class", type=positive_int, default=100, help="labelled training images per digit")
+    parser.add_argument("--z-dim", type=positive_int, default=50)
+    parser.add_argument("--hidden", type=positive_int, default=500)
     parser.add_argument("--alpha", type=float, help="weight of the classification term, eq. (9); default 0.1 N")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--num-samples", type=int, default=1000, help="importance samples K per test image")
-    parser.add_argument("--train-size", type=int, help="train on the first N training images")
-    parser.add_argument("--test-size", type=int, help="score the first N test images")
+    parser.add_argument("--batch-size", type=positive_int, default=100)
+    parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    parser.add_argument("--num-samples", type=positive_int, default=1000, help="importance samples K per test image")
+    parser.add_argument("--train-size", type=positive_int, help="train on the first N training images")
+    parser.add_argument("--test-size", type=positive_int, help="score the first N test images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")

@@ -10,15 +10,16 @@ import argparse
 import pyro
 
 import pplvae
+from pplvae.cli import positive_float, positive_int
 from pplvae.plots import plot_run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--z-dim", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=positive_int, default=200)
+    parser.add_argument("--z-dim", type=positive_int, default=2)
+    parser.add_argument("--hidden", type=positive_int, default=200)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/example-freyface")
     args = parser.parse_args()

@@ -14,6 +14,7 @@ import torch
 from pyro.nn import PyroModule
 
 import pplvae
+from pplvae.cli import positive_int
 from pplvae.networks import BernoulliDecoder, GaussianEncoder
 from pplvae.plots import plot_run
 
@@ -51,10 +52,10 @@ class MnistVAE(PyroModule):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--z-dim", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=400)
-    parser.add_argument("--train-size", type=int)
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--z-dim", type=positive_int, default=2)
+    parser.add_argument("--hidden", type=positive_int, default=400)
+    parser.add_argument("--train-size", type=positive_int)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir")
     parser.add_argument("--out", default="runs/example-mnist")

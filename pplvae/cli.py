@@ -55,7 +55,13 @@ RESUME_FLAGS = {
 }
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts and sizes: ``text`` as an int >= 1.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not an integer or is below 1
+            (argparse prints it as a one-line usage error and exits with 2).
+    """
     try:
         value = int(text)
     except ValueError:
@@ -65,7 +71,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """An argparse ``type`` for rates and scales: ``text`` as a finite float > 0.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not a number, or is not finite
+            and positive (argparse prints it as a one-line usage error and exits with 2).
+    """
     try:
         value = float(text)
     except ValueError:
@@ -125,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_defaults, train_defaults = VAEConfig(x_dim=1), TrainConfig()  # the flags' defaults are the configs'
     train.add_argument("--dataset", choices=DATASETS, default="mnist", help="(default %(default)s)")
     train.add_argument("--model", choices=sorted(MODELS), default="vae", help="(default %(default)s)")
-    train.add_argument("--z-dim", type=_positive_int, default=model_defaults.z_dim, help="(default %(default)s)")
-    train.add_argument("--hidden-dims", type=_positive_int, nargs="+", default=list(model_defaults.hidden_dims),
+    train.add_argument("--z-dim", type=positive_int, default=model_defaults.z_dim, help="(default %(default)s)")
+    train.add_argument("--hidden-dims", type=positive_int, nargs="+", default=list(model_defaults.hidden_dims),
                        metavar="H", help="(default %(default)s)")
     train.add_argument("--activation", choices=sorted(ACTIVATIONS), default=model_defaults.activation,
                        help="(default %(default)s)")
@@ -162,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                        help="torch.compile mode with --compile; reduce-overhead uses CUDA graphs "
                             "(small batches on a GPU; default %(default)s)")
-    train.add_argument("--train-size", type=_positive_int, help="use only the first N training images")
-    train.add_argument("--test-size", type=_positive_int, help="use only the first N test images")
+    train.add_argument("--train-size", type=positive_int, help="use only the first N training images")
+    train.add_argument("--test-size", type=positive_int, help="use only the first N test images")
     train.add_argument("--out", type=_path, help="run folder (default: runs/DATASET-MODEL)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -171,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="write a grid of samples from p(x) of a trained run")
     sample.add_argument("run", type=_path)
-    sample.add_argument("--num-samples", type=_positive_int, default=64,
+    sample.add_argument("--num-samples", type=positive_int, default=64,
                         help="images in the grid (default %(default)s)")
     sample.add_argument("--out", type=_path, help="PNG path (default: RUN/samples.png)")
     sample.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
@@ -179,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recon = commands.add_parser("reconstruct", help="write test images beside their reconstructions")
     recon.add_argument("run", type=_path)
-    recon.add_argument("--num-images", type=_positive_int, default=16, help="test images shown (default %(default)s)")
+    recon.add_argument("--num-images", type=positive_int, default=16, help="test images shown (default %(default)s)")
     recon.add_argument("--out", type=_path, help="PNG path (default: RUN/reconstructions.png)")
     recon.add_argument("--device", default="auto", help=_DEVICE_HELP)
     _add_data_flags(recon)
@@ -190,18 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--estimator", choices=ESTIMATORS, default=eval_defaults["estimator"],
                           help="is: importance sampling from the guide; ais: annealed importance sampling with HMC "
                                "(default %(default)s)")
-    evaluate.add_argument("--num-samples", type=_positive_int, default=eval_defaults["num_samples"],
+    evaluate.add_argument("--num-samples", type=positive_int, default=eval_defaults["num_samples"],
                           help="K, importance samples per image (is; default %(default)s)")
-    evaluate.add_argument("--num-steps", type=_positive_int, default=eval_defaults["num_steps"], metavar="T",
+    evaluate.add_argument("--num-steps", type=positive_int, default=eval_defaults["num_steps"], metavar="T",
                           help="annealing steps (ais; default %(default)s)")
-    evaluate.add_argument("--num-chains", type=_positive_int, default=eval_defaults["num_chains"], metavar="C",
+    evaluate.add_argument("--num-chains", type=positive_int, default=eval_defaults["num_chains"], metavar="C",
                           help="AIS chains per image (ais; default %(default)s)")
     evaluate.add_argument("--initial", choices=("guide", "prior"), default=eval_defaults["initial"],
                           help="AIS's distribution at beta = 0 (ais; prior for flow guides, whose density "
                                "inverts the flow; default %(default)s)")
     evaluate.add_argument("--split", choices=SPLITS, default=eval_defaults["split"], help="(default %(default)s)")
-    evaluate.add_argument("--max-examples", type=_positive_int, help="evaluate only the first N images of the split")
-    evaluate.add_argument("--max-memory-mb", type=_positive_float,
+    evaluate.add_argument("--max-examples", type=positive_int, help="evaluate only the first N images of the split")
+    evaluate.add_argument("--max-memory-mb", type=positive_float,
                           help=f"memory budget per chunk, MiB (default: {CPU_MEMORY_BYTES_PER_THREAD // 2**20} "
                                f"per torch thread on a CPU, up to {CUDA_MEMORY_BYTES // 2**20} on a GPU)")
     evaluate.add_argument("--seed", type=int, default=eval_defaults["seed"], help="(default %(default)s)")
@@ -224,13 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     burda.add_argument("--stages", type=int, choices=range(1, BURDA_STAGES + 1), default=BURDA_STAGES,
                        metavar="S",
                        help="run stages 0..S-1 of the schedule only (8: 3280 epochs; 5: 121; default %(default)s)")
-    burda.add_argument("--num-samples", type=_positive_int, default=5000,
+    burda.add_argument("--num-samples", type=positive_int, default=5000,
                        help="K of the log p(x) estimate (default %(default)s)")
     burda.add_argument("--kl-warmup", type=float, default=0.0, metavar="EPOCHS",
                        help="raise the KL weight from 0 to 1 over this many epochs (not in the paper; "
                             "keeps the two-layer model's top layer alive, docs/burda_protocol.md; default %(default)s)")
-    burda.add_argument("--train-size", type=_positive_int, help="use only the first N training images")
-    burda.add_argument("--test-size", type=_positive_int, help="use only the first N test images")
+    burda.add_argument("--train-size", type=positive_int, help="use only the first N training images")
+    burda.add_argument("--test-size", type=positive_int, help="use only the first N test images")
     burda.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
     burda.add_argument("--device", default="auto", help=_DEVICE_HELP)
     burda.add_argument("--out", type=Path, help="run folder (default: runs/burda-MODEL-OBJECTIVE-kK)")

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -14,6 +16,21 @@ def run_example(name, *args, data_dir=None, cwd=None):
     result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+@pytest.mark.parametrize("name, flag", [
+    ("vae_mnist.py", "--epochs"), ("vae_freyface.py", "--lr"), ("cvae_mnist.py", "--num-samples"),
+    ("cvae_quadrants.py", "--num-samples"), ("hvae_mnist.py", "--num-samples"), ("conv_vae_mnist.py", "--num-samples"),
+    ("m2_semisupervised.py", "--num-samples"),
+])
+def test_examples_refuse_a_size_of_zero_before_any_work(tmp_path, name, flag):
+    """A count of 0 (K = 0 would fail only after training) is a one-line usage error, exit status 2."""
+    result = subprocess.run([sys.executable, str(EXAMPLES / name), flag, "0"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert f"argument {flag}: must be a positive" in last_line and last_line.endswith("got '0'")
+    assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
 
 
 def test_vae_mnist(tmp_path, data_dir):
