@@ -424,7 +424,7 @@ def _refuse_outside_support(model_trace, start: int, only_validated: bool = Fals
             rows = (~ok.reshape(len(ok) if ok.dim() else 1, -1)).any(1).nonzero().flatten()
             raise ValueError(
                 f"observed site {name!r} holds values outside the support of its "
-                f"{type(site['fn']).__name__} ({site['fn'].support}) in rows "
+                f"{type(site['fn']).__name__} ({support}) in rows "
                 f"{(rows[:10] + start).tolist()}; e.g. binarize grey levels for a Bernoulli likelihood.")
 
 

@@ -840,7 +840,8 @@ def fit(
         ValueError: the data's width does not match the model's ``x_dim``;
             training or test data held as tensors with no rows, with different
             leading sizes or with NaN or infinite values (rows named); a
-            ``Dataset`` of length 0 or a loader that yields no minibatch; the model and guide sample different latent sites; on ``resume``,
+            ``Dataset`` of length 0 or a loader that yields no minibatch; the
+            model and guide sample different latent sites; on ``resume``,
             another model, data set or seed than the saved run's, or
             ``config.epochs`` below the epochs done.
         TypeError: ``model`` lacks ``model``/``guide``, or data of an unknown kind.
