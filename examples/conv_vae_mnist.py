@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -31,7 +30,7 @@ from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
 import pplvae
-from pplvae.cli import positive_int
+from pplvae.cli import new_folder, positive_int
 from pplvae.data import Binarize
 from pplvae.data.paths import candidate_dirs
 
@@ -128,7 +127,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
-    parser.add_argument("--out", type=Path, default=Path("runs/mnist-conv-vae"))
+    parser.add_argument("--out", type=new_folder, default="runs/mnist-conv-vae")
     args = parser.parse_args()
 
     # Training data: a torch Dataset of (image, label) items; each read draws a fresh binarization.

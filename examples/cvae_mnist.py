@@ -8,12 +8,11 @@ The same model trains with ``pplvae train --model cvae`` and is scored by ``pplv
 
 import argparse
 from dataclasses import asdict
-from pathlib import Path
 
 import pyro
 
 from pplvae import CVAE, CVAEConfig, TrainConfig, fit, load_dataset, log_marginal_likelihood
-from pplvae.cli import positive_int
+from pplvae.cli import new_folder, positive_int
 from pplvae.models import model_config
 from pplvae.plots import plot_run
 
@@ -26,7 +25,7 @@ def main():
     parser.add_argument("--test-size", type=positive_int)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
-    parser.add_argument("--out", type=Path, default=Path("runs/mnist-cvae"))
+    parser.add_argument("--out", type=new_folder, default="runs/mnist-cvae")
     args = parser.parse_args()
 
     data = load_dataset("mnist", args.data_dir, train_size=args.train_size, test_size=args.test_size)

@@ -67,7 +67,7 @@ import torch
 from pyro.nn import PyroModule
 
 from pplvae import TrainConfig, fit, load_dataset, log_marginal_likelihood
-from pplvae.cli import positive_int
+from pplvae.cli import new_folder, positive_int
 from pplvae.data import ImageData
 from pplvae.models import model_config
 from pplvae.networks import BernoulliDecoder, GaussianEncoder, concat
@@ -471,7 +471,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
-    parser.add_argument("--out", type=Path, default=Path("runs/quadrants"))
+    parser.add_argument("--out", type=new_folder, default="runs/quadrants")
     args = parser.parse_args()
 
     data = load_dataset("mnist", args.data_dir, train_size=args.train_size, test_size=args.test_size)

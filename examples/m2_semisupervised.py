@@ -44,7 +44,6 @@ References:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -57,7 +56,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 import pplvae
-from pplvae.cli import positive_float, positive_int
+from pplvae.cli import new_folder, nonnegative_float, positive_float, positive_int
 from pplvae.data import Binarize
 
 MAX_PLATE_NESTING = 1  # one plate ("labelled" or "data") around every site; enumeration takes dim -2
@@ -231,7 +230,7 @@ def main():
     parser.add_argument("--labels-per-class", type=positive_int, default=100, help="labelled training images per digit")
     parser.add_argument("--z-dim", type=positive_int, default=50)
     parser.add_argument("--hidden", type=positive_int, default=500)
-    parser.add_argument("--alpha", type=float, help="weight of the classification term, eq. (9); default 0.1 N")
+    parser.add_argument("--alpha", type=nonnegative_float, help="weight of the classification term, eq. (9); default 0.1 N")
     parser.add_argument("--batch-size", type=positive_int, default=100)
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
     parser.add_argument("--num-samples", type=positive_int, default=1000, help="importance samples K per test image")
@@ -240,7 +239,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default: $PPLVAE_DATA_DIR)")
-    parser.add_argument("--out", type=Path, default=Path("runs/mnist-m2"))
+    parser.add_argument("--out", type=new_folder, default="runs/mnist-m2")
     args = parser.parse_args()
 
     mnist = pplvae.load_dataset("mnist", args.data_dir, train_size=args.train_size, test_size=args.test_size)

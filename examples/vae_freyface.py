@@ -10,7 +10,7 @@ import argparse
 import pyro
 
 import pplvae
-from pplvae.cli import positive_float, positive_int
+from pplvae.cli import new_folder, positive_float, positive_int
 from pplvae.plots import plot_run
 
 
@@ -21,7 +21,7 @@ def main():
     parser.add_argument("--hidden", type=positive_int, default=200)
     parser.add_argument("--lr", type=positive_float, default=1e-3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="runs/example-freyface")
+    parser.add_argument("--out", type=new_folder, default="runs/example-freyface")
     args = parser.parse_args()
 
     data = pplvae.load_dataset("freyface")

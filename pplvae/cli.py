@@ -78,12 +78,26 @@ def positive_float(text: str) -> float:
         argparse.ArgumentTypeError: ``text`` is not a number, or is not finite
             and positive (argparse prints it as a one-line usage error and exits with 2).
     """
+    return _finite_float(text, lambda value: value > 0, "a positive finite number")
+
+
+def nonnegative_float(text: str) -> float:
+    """An argparse ``type`` for weights that may be switched off: ``text`` as a finite float >= 0.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not a number, or is negative or
+            not finite (argparse prints it as a one-line usage error and exits with 2).
+    """
+    return _finite_float(text, lambda value: value >= 0, "a finite number >= 0")
+
+
+def _finite_float(text: str, accept, requirement: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+        value = math.nan
+    if not (math.isfinite(value) and accept(value)):
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
     return value
 
 
@@ -91,6 +105,26 @@ def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty (it would write into the current folder)")
     return Path(text)
+
+
+def new_folder(text: str) -> Path:
+    """An argparse ``type`` for an output folder that holds nothing yet (missing or empty): ``text`` as a Path.
+
+    For scripts that write a new run: checked before any data is loaded or
+    any epoch trained, where :func:`pplvae.fit` would stop only after the
+    data is loaded (a folder that holds a run) or the run's files would mix
+    with another's.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is empty, or names a file or a
+            folder that is not empty (argparse prints it as a one-line usage
+            error and exits with 2).
+    """
+    path = _path(text)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise argparse.ArgumentTypeError(f"{text!r} already exists and is not empty: choose another folder "
+                                         f"or delete that one")
+    return path
 
 
 _DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N (default auto)"
