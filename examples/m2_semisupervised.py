@@ -230,7 +230,8 @@ def main():
     parser.add_argument("--labels-per-class", type=positive_int, default=100, help="labelled training images per digit")
     parser.add_argument("--z-dim", type=positive_int, default=50)
     parser.add_argument("--hidden", type=positive_int, default=500)
-    parser.add_argument("--alpha", type=nonnegative_float, help="weight of the classification term, eq. (9); default 0.1 N")
+    parser.add_argument("--alpha", type=nonnegative_float,
+                        help="weight of the classification term, eq. (9); default 0.1 N")
     parser.add_argument("--batch-size", type=positive_int, default=100)
     parser.add_argument("--learning-rate", type=positive_float, default=1e-3)
     parser.add_argument("--num-samples", type=positive_int, default=1000, help="importance samples K per test image")
