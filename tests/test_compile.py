@@ -14,13 +14,18 @@ def grads(module):
     return [p.grad.clone() for p in module.parameters()]
 
 
-def test_compiled_loss_equals_the_eager_loss_for_every_batch_size():
-    """One recording (symbolic shapes) serves batches of 16 and 5; same seed, same draws, same numbers."""
+def test_compiled_loss_equals_the_eager_loss_for_every_batch_size(monkeypatch):
+    """Each batch shape is compiled when first seen and reused after; past MAX_SHAPES shapes the eager loss
+    runs. Same seed, same draws, same numbers, compiled or not."""
+    compiles = []
+    compile = torch._inductor.compile
+    monkeypatch.setattr(torch._inductor, "compile", lambda *a, **kw: compiles.append(1) or compile(*a, **kw))
+    monkeypatch.setattr(CompiledLoss, "MAX_SHAPES", 2)
     pyro.set_rng_seed(0)
     cvae = CVAE(CVAEConfig(x_dim=30, z_dim=3, hidden_dims=(16,)))
     eager = NegativeELBO(cvae, FastTrace_ELBO())
     compiled = CompiledLoss(eager)
-    for n in (16, 5):
+    for n, compiles_after in ((16, 1), (5, 2), (16, 2), (7, 2)):
         x = torch.bernoulli(torch.full((n, 30), 0.3))
         args = cvae.batch_args(x, torch.arange(n) % 10)
         with pyro.validation_enabled(False):
@@ -36,7 +41,8 @@ def test_compiled_loss_equals_the_eager_loss_for_every_batch_size():
         for g, e in zip(grads(cvae), expected_grads):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
         cvae.zero_grad()
-    assert compiled.compile_seconds is not None  # recorded and compiled once, on the first call
+        assert len(compiles) == compiles_after
+    assert compiled.compile_seconds > 0
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (checked on the device machine)")
