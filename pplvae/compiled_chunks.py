@@ -210,8 +210,10 @@ class CompiledLogWeights:
 
         Returns:
             The candidate with the least time per (sample, datapoint) pair, best
-            of two timed runs of K samples each after a first run that compiles;
-            remembered for this program, these candidates and the torch thread
+            of three timed runs of K samples each after a first run that
+            compiles; the runs of the candidates alternate, so that a burst of
+            load on a shared machine does not fall on one candidate alone.
+            Remembered for this program, these candidates and the torch thread
             count. The trials' draws are discarded (forked RNG).
         """
         if len(shapes) == 1:
@@ -220,21 +222,21 @@ class CompiledLogWeights:
 
         def measure():
             sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
-            seconds = {}
+            seconds = dict.fromkeys(shapes, math.inf)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                trials = []
                 for k, n in shapes:
                     args, kwargs, indices = data_chunk(n)
-                    calls = math.ceil(num_samples / k)
                     self(args, kwargs, indices, k)  # compiles
-                    best = math.inf
-                    for _ in range(2):
+                    trials.append(((k, n), args, kwargs, indices, math.ceil(num_samples / k)))
+                for _ in range(3):
+                    for (k, n), args, kwargs, indices, calls in trials:
                         sync(device)
                         start = time.perf_counter()
                         for _ in range(calls):
                             self(args, kwargs, indices, k)
                         sync(device)
-                        best = min(best, time.perf_counter() - start)
-                    seconds[(k, n)] = best / (calls * k * n)
+                        seconds[(k, n)] = min(seconds[(k, n)], (time.perf_counter() - start) / (calls * k * n))
             return min(seconds, key=seconds.get)
 
         return _cached(key, measure)
