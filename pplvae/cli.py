@@ -204,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help=_DEVICE_HELP)
     train.add_argument("--compile", action="store_true",
                        help="record the loss and compile it with Inductor, torch.compile's compiler, once per "
-                            "batch shape (compile time in the first epoch, tens of seconds on a CPU; not with "
-                            "--kl-warmup or --gradient dreg)")
+                            "batch shape (compile time in the first epoch, tens of seconds on a CPU; objective elbo "
+                            "with beta 1 and one particle, or iwae; not with --kl-warmup or --gradient dreg)")
     train.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                        help="torch.compile mode with --compile; reduce-overhead uses CUDA graphs "
                             "(small batches on a GPU; default %(default)s)")

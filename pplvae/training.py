@@ -99,10 +99,12 @@ class TrainConfig:
             operator graph and compiled by Inductor, ``torch.compile``'s
             compiler, once per batch shape (the same values and gradients to
             float rounding; the compile time, seconds to tens of seconds on a
-            CPU, is paid in the first epoch and logged). Needs a model whose sites and
-            Python constants are the same at every step, so not with
-            ``kl_warmup``, and a gradient without tensor hooks, so not with
-            ``gradient="dreg"``.
+            CPU, is paid in the first epoch and logged). Needs a model whose
+            sites and Python constants are the same at every step, so not with
+            ``kl_warmup``; a gradient without tensor hooks, so not with
+            ``gradient="dreg"``; and an objective whose Python does not read
+            tensor values: ``"elbo"`` with beta 1 and one particle, or
+            ``"iwae"`` (Pyro's Trace_ELBO, which the others run, does).
         compile_mode: ``torch.compile``'s mode with ``compile=True``:
             ``"default"``, or ``"reduce-overhead"`` (CUDA graphs, for small
             batches on a GPU; refused on a CPU).
@@ -151,6 +153,13 @@ class TrainConfig:
         if self.compile and self.kl_warmup > 0:
             raise ValueError("compile=True records the loss once, but kl_warmup changes beta at every step; "
                              "train without --compile or without --kl-warmup.")
+        if self.compile and not (self.objective == "iwae" or (
+                self.objective == "elbo" and self.beta == 1 and self.num_particles == 1)):
+            options = "".join([f", beta {self.beta}" if self.beta != 1 else "",
+                               f", {self.num_particles} particles" if self.num_particles != 1 else ""])
+            raise ValueError(f"compile=True records objective 'elbo' (beta 1, one particle) or 'iwae'; "
+                             f"{self.objective!r}{options} runs Pyro code that branches on tensor values, which one "
+                             f"recorded graph cannot hold; train without --compile.")
         if self.compile and self.gradient == "dreg":
             raise ValueError("gradient='dreg' weighs the guide's gradients with tensor hooks, which the graph "
                              "recorded by compile=True does not keep; train without --compile.")
@@ -343,6 +352,10 @@ class CompiledLoss(nn.Module):
                                "run uncompiled", self.MAX_SHAPES, [tuple(t.shape) for t in tensors])
             return self.loss(*args)
         start = time.perf_counter()
+        if not self._compiled:  # one eager run first: one-time work (Pyro's plate-nesting guess) stays out of the graph
+            devices = [t.device for t in tensors if t.device.type == "cuda"][:1]
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                self.loss(*args)
         compiled = self._compiled[key] = self._compile(leaves, spec)
         out = compiled(*self._state, *tensors)
         seconds = time.perf_counter() - start
@@ -369,14 +382,19 @@ class CompiledLoss(nn.Module):
 
         inputs = [*self._state, *(leaves[i] for i in where)]
         options = {"fallback_random": True}  # draws come from torch's generator, as in the eager loss
-        with pyro.validation_enabled(False):
-            if self.mode == "reduce-overhead":
-                graph = make_fx(loss, tracing_mode="symbolic")(*inputs)
-                return torch.compile(graph, dynamic=True, options={**options, "triton.cudagraphs": True})
-            graph = make_fx(loss, tracing_mode="fake")(*inputs)  # no real run: no draws taken
-            # the backward compiled now too, not lazily inside the first backward(): compile_seconds holds both
-            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
-                return torch._inductor.compile(graph, inputs, options=options)
+        try:
+            with pyro.validation_enabled(False):
+                # fake tensors: no real run, no draws taken
+                graph = make_fx(loss, tracing_mode="symbolic" if self.mode == "reduce-overhead" else "fake")(*inputs)
+        except Exception as error:  # the eager run passed: what fails here is Python that reads tensor values
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(f"compile=True could not record the loss as one operator graph ({type(error).__name__}: "
+                             f"{first}); train without --compile.") from error
+        if self.mode == "reduce-overhead":
+            return torch.compile(graph, dynamic=True, options={**options, "triton.cudagraphs": True})
+        # the backward compiled now too, not lazily inside the first backward(): compile_seconds holds both
+        with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+            return torch._inductor.compile(graph, inputs, options=options)
 
 
 class Trainer:
