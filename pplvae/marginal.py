@@ -232,8 +232,8 @@ def log_marginal_likelihood(
             (:mod:`pplvae.compiled_chunks`): one chunk recorded with
             ``make_fx`` and compiled by Inductor (``torch.compile``'s compiler), kept for the
             process and reused by later calls while the program (operators,
-            parameters by identity) is the same; weights changed in place are
-            read at run time. Without ``max_memory_bytes``, three chunk
+            parameters by identity) and, on a CPU, torch's thread count are
+            the same; weights changed in place are read at run time. Without ``max_memory_bytes``, three chunk
             shapes (the default budget's, a quarter and a sixteenth of it)
             are timed on the first datapoints and the fastest is kept. The
             same draws and numbers as the uncompiled run with the same chunk

@@ -296,7 +296,9 @@ class CompiledLoss(nn.Module):
     step of a 784-200-200-50 VAE 2.46 ms against 2.13 ms on a 2-core Xeon);
     in exchange each batch shape is compiled apart: an epoch's last, smaller
     minibatch is compiled when first seen, and after :attr:`MAX_SHAPES`
-    shapes further ones run the eager loss (the same values, uncompiled).
+    shapes further ones run the eager loss (the same values, uncompiled). On
+    a CPU a change of torch's thread count counts as a new shape: Inductor
+    writes the count into the graph's loops.
     ``mode="reduce-overhead"`` (CUDA graphs) goes through ``torch.compile``
     with dynamic shapes, one compile for every batch size: CUDA graphs need
     its bookkeeping of the parameters' fixed addresses.
@@ -345,7 +347,9 @@ class CompiledLoss(nn.Module):
             raise ValueError("compile=True needs the model's arguments as positional ones (tensor or tuple items).")
         leaves, spec = pytree.tree_flatten(args)
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-        key = "dynamic" if self.mode == "reduce-overhead" else (spec, tuple(
+        # on a CPU Inductor writes torch's thread count into the graph's loops: a count of its own, a graph of its own
+        threads = torch.get_num_threads() if any(t.device.type == "cpu" for t in tensors) else None
+        key = "dynamic" if self.mode == "reduce-overhead" else (spec, threads, tuple(
             (leaf.shape, leaf.dtype, leaf.device) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves))
         compiled = self._compiled.get(key)
         if compiled is not None:

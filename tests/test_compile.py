@@ -14,12 +14,22 @@ def grads(module):
     return [p.grad.clone() for p in module.parameters()]
 
 
-def test_compiled_loss_equals_the_eager_loss_for_every_batch_size(monkeypatch):
+@pytest.fixture
+def compiles(monkeypatch):
+    """The calls of Inductor's compiler from here on (a list growing by one per graph compiled), with the
+    estimator's process-wide cache of compiled chunks emptied first."""
+    from pplvae import compiled_chunks
+
+    compiled_chunks.clear_cache()
+    calls = []
+    compile = torch._inductor.compile
+    monkeypatch.setattr(torch._inductor, "compile", lambda *a, **kw: calls.append(1) or compile(*a, **kw))
+    return calls
+
+
+def test_compiled_loss_equals_the_eager_loss_for_every_batch_size(monkeypatch, compiles):
     """Each batch shape is compiled when first seen and reused after; past MAX_SHAPES shapes the eager loss
     runs. Same seed, same draws, same numbers, compiled or not."""
-    compiles = []
-    compile = torch._inductor.compile
-    monkeypatch.setattr(torch._inductor, "compile", lambda *a, **kw: compiles.append(1) or compile(*a, **kw))
     monkeypatch.setattr(CompiledLoss, "MAX_SHAPES", 2)
     pyro.set_rng_seed(0)
     cvae = CVAE(CVAEConfig(x_dim=30, z_dim=3, hidden_dims=(16,)))
@@ -115,17 +125,12 @@ def test_compiled_estimator_equals_the_uncompiled_one():
     torch.testing.assert_close(compiled.bounds[1], plain.bounds[1], rtol=0, atol=1e-4)
 
 
-def test_the_compiled_estimator_follows_weights_and_networks_changed_between_calls(monkeypatch):
+def test_the_compiled_estimator_follows_weights_and_networks_changed_between_calls(compiles):
     """Compiled chunks are kept across calls: reused while the program is the same (weights trained in
     place are read at run time), compiled again when a network is swapped; every result equals the
     uncompiled estimate with the same draws."""
     import pplvae
-    from pplvae import compiled_chunks
 
-    compiled_chunks.clear_cache()
-    compiles = []
-    compile = torch._inductor.compile
-    monkeypatch.setattr(torch._inductor, "compile", lambda *a, **kw: compiles.append(1) or compile(*a, **kw))
     pyro.set_rng_seed(0)
     vae = VAE(VAEConfig(x_dim=12, z_dim=2, hidden_dims=(8,)))
     x = torch.bernoulli(torch.full((5, 12), 0.4))
@@ -149,6 +154,41 @@ def test_the_compiled_estimator_follows_weights_and_networks_changed_between_cal
     vae.decoder = VAE(VAEConfig(x_dim=12, z_dim=2, hidden_dims=(8,))).decoder  # a new network: a new program
     both()
     assert len(compiles) == 2
+
+
+def test_a_new_torch_thread_count_gets_graphs_of_its_own(compiles):
+    """Inductor writes torch's thread count into a CPU graph's loops (compiled on one thread, a graph runs on
+    one): the training loss and the estimator's chunks are compiled again for a new count, reused for one seen
+    before, with the same numbers."""
+    import pplvae
+
+    pyro.set_rng_seed(0)
+    vae = VAE(VAEConfig(x_dim=12, z_dim=2, hidden_dims=(8,)))
+    x = torch.bernoulli(torch.full((5, 12), 0.4))
+    loss = CompiledLoss(NegativeELBO(vae, FastTrace_ELBO()))
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    try:
+        for threads, compiles_after in ((before, 1), (other, 2), (before, 2)):
+            torch.set_num_threads(threads)
+            pyro.set_rng_seed(1)
+            with pyro.validation_enabled(False):
+                got = loss(x)
+            pyro.set_rng_seed(1)
+            torch.testing.assert_close(got, NegativeELBO(vae, FastTrace_ELBO())(x), rtol=1e-5, atol=1e-4)
+            assert len(compiles) == compiles_after
+        compiles.clear()
+        for threads, compiles_after in ((before, 1), (other, 2), (before, 2)):
+            torch.set_num_threads(threads)
+            out = []
+            for compiled in (False, True):
+                pyro.set_rng_seed(3)
+                out.append(pplvae.log_marginal_likelihood(vae.model, vae.guide, x, num_samples=40,
+                                                          max_memory_bytes=40 * 5 * 1000, compile=compiled).log_px)
+            assert len(compiles) == compiles_after
+            torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _linear_gaussian():
