@@ -20,12 +20,15 @@ as long ones:
   reuse it. The graph holds the parameters themselves, not copies, so
   weights trained in place between calls are read at run time.
 * **The chunk size is measured, not assumed.** Where the caller gives no
-  memory budget, a few chunk shapes (the default budget's, a quarter and a
+  memory budget, a few chunk shapes (on a CPU a quarter, a sixteenth and a
+  64th of the default budget; on a GPU the default budget's, a quarter and a
   sixteenth of it) are each compiled and timed on the first datapoints, and
   the fastest per (sample, datapoint) is kept for the program, the sizes and
   the torch thread count. On a CPU a compiled chunk has little fixed cost, so
-  a chunk whose working set stays in the caches can beat a larger one; which
-  size wins depends on the machine and the networks, so it is measured.
+  a chunk whose working set stays in the caches, and whose tensors the
+  allocator reuses instead of taking fresh pages from the system, can beat a
+  larger one; which size wins depends on the machine and the networks, so it
+  is measured.
 * **Unfusable transcendentals keep ATen's kernel (CPU)**: an MLP's ``tanh``
   runs by ATen's vector math instead of Inductor's loop
   (:mod:`pplvae.inductor_passes`).

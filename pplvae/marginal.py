@@ -230,12 +230,15 @@ def log_marginal_likelihood(
             training (:class:`pplvae.TrainConfig`'s ``validate``).
         compile: score the chunks by a compiled graph
             (:mod:`pplvae.compiled_chunks`): one chunk recorded with
-            ``make_fx`` and compiled by Inductor (``torch.compile``'s compiler), kept for the
-            process and reused by later calls while the program (operators,
-            parameters by identity) and, on a CPU, torch's thread count are
-            the same; weights changed in place are read at run time. Without ``max_memory_bytes``, three chunk
-            shapes (the default budget's, a quarter and a sixteenth of it)
-            are timed on the first datapoints and the fastest is kept. The
+            ``make_fx`` and compiled by Inductor (``torch.compile``'s
+            compiler), kept for the process and reused by later calls while
+            the program (operators, parameters by identity) and, on a CPU,
+            torch's thread count are the same; weights changed in place are
+            read at run time. Without ``max_memory_bytes``, three chunk
+            shapes are timed on the first datapoints and the fastest is kept:
+            a quarter, a sixteenth and a 64th of the default budget on a CPU
+            (a compiled chunk has a fifth of a Pyro run's fixed cost), the
+            default budget, a quarter and a sixteenth of it on a GPU. The
             same draws and numbers as the uncompiled run with the same chunk
             shape, to float rounding. The first call of a program pays the
             compiles (seconds to a minute on a CPU). Needs model and guide
@@ -300,8 +303,15 @@ def log_marginal_likelihood(
             if compile:
                 log_weights = CompiledLogWeights(log_weights, program_signature(log_weights, *first_rows(1)))
                 if not budget_given:  # a few chunk shapes are timed; the fastest is kept
+                    # On a CPU the default budget is sized for a run of Pyro's handlers per chunk (2.3 ms
+                    # on a 2-core Xeon); a compiled chunk costs a fifth of that besides its arithmetic,
+                    # and the default budget's tensors of several MB came to the process as fresh pages
+                    # at every compiled chunk (1914 page faults per chunk of 2500 samples of a 784-pixel
+                    # decoder), which trials on one datapoint do not show: there the trials start at a
+                    # quarter of it.
+                    first = 1 if device.type == "cpu" else 0
                     shapes = [_chunk_shape(num_samples, num_data, probe.cell_bytes, max_memory_bytes / 4**i)
-                              for i in range(3)]
+                              for i in range(first, first + 3)]
                     shapes = list(dict.fromkeys(shapes))
                     k_chunk, n_chunk = log_weights.fastest_chunk_shape(shapes, num_samples, first_rows, device)
 
