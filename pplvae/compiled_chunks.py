@@ -50,7 +50,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pplvae.inductor_passes import UnfusableTranscendentals
 
-__all__ = ["CompiledLogWeights", "clear_cache", "program_signature"]
+__all__ = ["CompiledLogWeights", "clear_cache", "cpu_threads", "program_signature"]
 
 CACHE_SIZE = 16
 """Compiled graphs and chunk choices kept per process (least recently used dropped first)."""
@@ -126,13 +126,19 @@ class _SignatureMode(TorchDispatchMode):
         return out
 
 
-def _cpu_threads(tensors: list[torch.Tensor]) -> int | None:
+def cpu_threads(tensors: list[torch.Tensor]) -> int | None:
     """torch's thread count where a tensor is on a CPU, else None: Inductor writes it into a CPU graph's loops.
 
     A graph compiled on one thread runs its fused loops on one thread whatever
     the count later (a 5000 x 784 elementwise reduction compiled on one thread
     took 7.7 ms on two, against 3.6 ms compiled on two), so the count is part
-    of a compiled graph's key.
+    of a compiled graph's key: here and in :class:`pplvae.training.CompiledLoss`.
+
+    Args:
+        tensors: a compiled graph's tensor inputs, any shapes.
+
+    Returns:
+        ``torch.get_num_threads()`` if any of them is on a CPU, else None.
     """
     return torch.get_num_threads() if any(t.device.type == "cpu" for t in tensors) else None
 
@@ -197,7 +203,7 @@ class CompiledLogWeights:
         names += [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
         tensors = [args[n] if isinstance(n, int) else kwargs[n] for n in names]
         key = ("graph", self.signature, num_particles, tuple((t.shape, t.dtype, t.device) for t in tensors),
-               _cpu_threads(tensors))
+               cpu_threads(tensors))
 
         def compile_graph():
             from torch.fx.experimental.proxy_tensor import make_fx

@@ -32,6 +32,7 @@ from torch.utils import _pytree as pytree
 from torch.utils.data import DataLoader
 
 from pplvae import distributed
+from pplvae.compiled_chunks import cpu_threads
 from pplvae.runs import (CHECKPOINT, CHECKPOINT_KEYS, CONFIG, METRICS, describe_changes, get_rng_state,
                          load_checkpoint, resumed_config, run_lock, save_checkpoint, save_csv, save_json,
                          set_rng_state)
@@ -347,9 +348,7 @@ class CompiledLoss(nn.Module):
             raise ValueError("compile=True needs the model's arguments as positional ones (tensor or tuple items).")
         leaves, spec = pytree.tree_flatten(args)
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-        # on a CPU Inductor writes torch's thread count into the graph's loops: a count of its own, a graph of its own
-        threads = torch.get_num_threads() if any(t.device.type == "cpu" for t in tensors) else None
-        key = "dynamic" if self.mode == "reduce-overhead" else (spec, threads, tuple(
+        key = "dynamic" if self.mode == "reduce-overhead" else (spec, cpu_threads(tensors), tuple(
             (leaf.shape, leaf.dtype, leaf.device) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves))
         compiled = self._compiled.get(key)
         if compiled is not None:
