@@ -29,9 +29,10 @@ as long ones:
   allocator reuses instead of taking fresh pages from the system, can beat a
   larger one; which size wins depends on the machine and the networks, so it
   is measured.
-* **Unfusable transcendentals keep ATen's kernel (CPU)**: an MLP's ``tanh``
-  runs by ATen's vector math instead of Inductor's loop
-  (:mod:`pplvae.inductor_passes`).
+* **Unfusable transcendentals keep ATen's kernel where it is faster (CPU)**:
+  an MLP's ``tanh`` between matrix products runs by ATen's vector math or by
+  Inductor's loop, whichever is faster on this machine for its shape (timed
+  once per process, :mod:`pplvae.inductor_passes`).
 
 The trials and the recordings run under a forked torch RNG: the estimate's
 draws are the ones an uncompiled run with the same chunk shape takes.
@@ -48,7 +49,7 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pplvae.inductor_passes import UnfusableTranscendentals
+from pplvae.inductor_passes import UnfusableTranscendentals, faster_in_aten
 
 __all__ = ["CompiledLogWeights", "clear_cache", "cpu_threads", "program_signature"]
 
@@ -181,7 +182,10 @@ class CompiledLogWeights:
         log_weights: ``f(args, kwargs, indices, num_particles) -> (num_particles, n)`` log-weights.
         signature: :func:`program_signature` of ``log_weights`` for the current call.
         options: Inductor options, as ``torch.compile``'s (``fallback_random`` is always on:
-            draws come from torch's generator, as in the uncompiled run).
+            draws come from torch's generator, as in the uncompiled run). By default the
+            ``post_grad_custom_pre_pass`` is :class:`pplvae.inductor_passes.UnfusableTranscendentals`
+            for the transcendentals of the recorded graph that :func:`pplvae.inductor_passes.faster_in_aten`
+            finds faster by ATen's kernel.
 
     Calling it with a chunk's arguments records the chunk with ``make_fx``
     (real tensors; Python control flow is fixed at the recorded chunk) and
@@ -194,8 +198,7 @@ class CompiledLogWeights:
         # the cache's own object where it holds an equal signature: a chunk's lookups then match it by
         # identity instead of comparing the operator lists (about 12 us each, three lookups per chunk)
         self.signature = next((key[1] for key in _cache if key[1] == signature), signature)
-        self.options = {"post_grad_custom_pre_pass": UnfusableTranscendentals(), **(options or {}),
-                        "fallback_random": True}
+        self.options = {**(options or {}), "fallback_random": True}
 
     def __call__(self, args: tuple, kwargs: dict, indices: torch.Tensor, num_particles: int) -> torch.Tensor:
         args = (*args, indices)  # the chunk's global indices are an input of the graph, not a constant
@@ -216,9 +219,11 @@ class CompiledLogWeights:
             devices = [t.device for t in tensors if t.device.type == "cuda"][:1]
             with torch.random.fork_rng(devices=devices):  # recording runs the program: keep its draws out
                 graph = make_fx(run, tracing_mode="real")(*tensors)
+                options = {"post_grad_custom_pre_pass": UnfusableTranscendentals(faster_in_aten(graph.graph)),
+                           **self.options}
                 # Inductor on the recorded graph itself, not through TorchDynamo: the graph is already
                 # captured, and Dynamo's guards on the graph's parameters would be checked at every chunk
-                return torch._inductor.compile(graph, list(tensors), options=self.options)
+                return torch._inductor.compile(graph, list(tensors), options=options)
 
         return _cached(key, compile_graph)(*tensors)
 

@@ -17,13 +17,20 @@ def grads(module):
 @pytest.fixture
 def compiles(monkeypatch):
     """The calls of Inductor's compiler from here on (a list growing by one per graph compiled), with the
-    estimator's process-wide cache of compiled chunks emptied first."""
+    estimator's process-wide cache of compiled chunks emptied first. The one-operator graphs that
+    ``faster_in_aten`` compiles to time an operator are not counted."""
     from pplvae import compiled_chunks
 
     compiled_chunks.clear_cache()
     calls = []
     compile = torch._inductor.compile
-    monkeypatch.setattr(torch._inductor, "compile", lambda *a, **kw: calls.append(1) or compile(*a, **kw))
+
+    def counted(graph, *args, **kwargs):
+        if sum(node.op == "call_function" for node in graph.graph.nodes) > 1:
+            calls.append(1)
+        return compile(graph, *args, **kwargs)
+
+    monkeypatch.setattr(torch._inductor, "compile", counted)
     return calls
 
 
@@ -267,3 +274,33 @@ def test_transcendentals_between_matrix_products_run_as_aten_kernels_with_the_sa
     (grad,) = torch.autograd.grad(compiled(x), x)
     (expected,) = torch.autograd.grad(mlp(x).sum(), x)
     torch.testing.assert_close(grad, expected)
+
+
+def test_only_the_transcendentals_timed_faster_by_aten_become_aten_calls(monkeypatch):
+    """faster_in_aten times each unfusable (operator, shape, dtype) once per process and thread count and
+    names those where ATen's kernel won; the pass rewrites just the nodes named, and the compiled values
+    agree with the eager ones whichever way the timing went."""
+    from torch import nn
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pplvae.inductor_passes import UnfusableTranscendentals, faster_in_aten, keep_unfusable_transcendentals
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 3))
+    x = torch.randn(300, 5)
+    tanh = ("tanh", (300, 64), "float32")  # both hidden layers' tanh: one timing
+    with torch.no_grad():
+        rng = torch.get_rng_state()
+        faster = faster_in_aten(make_fx(mlp)(x).graph)
+        assert faster <= {tanh}
+        assert torch.equal(torch.get_rng_state(), rng)  # the caller's draws are untouched
+        calls = []
+        compile = torch._inductor.compile
+        monkeypatch.setattr(torch._inductor, "compile", lambda *a, **kw: calls.append(1) or compile(*a, **kw))
+        assert faster_in_aten(make_fx(mlp)(x).graph) == faster and not calls  # kept for the process
+        assert keep_unfusable_transcendentals(make_fx(mlp)(x).graph, only=()) == 0
+        assert keep_unfusable_transcendentals(make_fx(mlp)(x).graph, only=[tanh]) == 2
+        assert keep_unfusable_transcendentals(make_fx(mlp)(x).graph, only=[("tanh", (7, 64), "float32")]) == 0
+        compiled = torch.compile(mlp, options={"post_grad_custom_pre_pass": UnfusableTranscendentals(faster)})
+        torch.testing.assert_close(compiled(x), mlp(x))
+    assert UnfusableTranscendentals([tanh]).uuid() != UnfusableTranscendentals(()).uuid()  # cached apart
