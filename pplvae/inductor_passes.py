@@ -8,13 +8,13 @@ and ATen's own kernel do the same work by different vector math, and which
 is faster depends on the CPU and the math library. On one thread of a
 2-core Intel Xeon, the ``tanh`` of a 784-200-200-50 decoder took 0.7 ms per
 image of a K = 5000 estimate by ATen's kernel (MKL's vector math) against
-3.9 ms by Inductor's loop; on a 2-core AMD EPYC, ATen's was the slower (0.64
-against 0.54 ms per 1000 x 200 call). So each such operator is timed both ways on this machine, once per
-process for its shape, dtype and torch thread count
-(:func:`faster_in_aten`), and :class:`UnfusableTranscendentals` puts the
-ones where ATen's kernel wins behind a custom operator, which Inductor calls
-instead of generating code; everything else, and every graph on a GPU,
-compiles as usual.
+3.9 ms by Inductor's loop; on a 2-core AMD EPYC, ATen's was the slower
+(0.64 against 0.54 ms per 1000 x 200 call). So each such operator is timed
+both ways on this machine, once per process for its shape, dtype and torch
+thread count (:func:`faster_in_aten`), and :class:`UnfusableTranscendentals`
+puts the ones where ATen's kernel wins behind a custom operator, which
+Inductor calls instead of generating code; everything else, and every graph
+on a GPU, compiles as usual.
 
 Used by :func:`pplvae.log_marginal_likelihood` with ``compile=True``, through
 ``torch.compile``'s ``post_grad_custom_pre_pass`` option, where every such
