@@ -40,8 +40,8 @@ draws are the ones an uncompiled run with the same chunk shape takes.
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from collections import OrderedDict
 from typing import Callable
 
@@ -50,6 +50,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pplvae.inductor_passes import UnfusableTranscendentals, faster_in_aten
+from pplvae.timing import fastest
 
 __all__ = ["CompiledLogWeights", "clear_cache", "cpu_threads", "program_signature"]
 
@@ -250,22 +251,18 @@ class CompiledLogWeights:
         key = ("chunk", self.signature, tuple(shapes), num_samples, torch.get_num_threads(), str(device))
 
         def measure():
-            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
-            seconds = dict.fromkeys(shapes, math.inf)
+            runs, work = {}, {}
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                trials = []
                 for k, n in shapes:
                     args, kwargs, indices = data_chunk(n)
                     self(args, kwargs, indices, k)  # compiles
-                    trials.append(((k, n), args, kwargs, indices, math.ceil(num_samples / k)))
-                for _ in range(3):
-                    for (k, n), args, kwargs, indices, calls in trials:
-                        sync(device)
-                        start = time.perf_counter()
-                        for _ in range(calls):
-                            self(args, kwargs, indices, k)
-                        sync(device)
-                        seconds[(k, n)] = min(seconds[(k, n)], (time.perf_counter() - start) / (calls * k * n))
-            return min(seconds, key=seconds.get)
+                    calls = math.ceil(num_samples / k)
+                    runs[(k, n)] = functools.partial(self._repeat, args, kwargs, indices, k, calls)
+                    work[(k, n)] = calls * k * n
+                return fastest(runs, rounds=3, work=work, device=device)
 
         return _cached(key, measure)
+
+    def _repeat(self, args: tuple, kwargs: dict, indices: torch.Tensor, num_particles: int, calls: int) -> None:
+        for _ in range(calls):
+            self(args, kwargs, indices, num_particles)

@@ -26,11 +26,12 @@ the Xeon a compiled 784-200-200-50 VAE step is 8% slower with the pass,
 
 from __future__ import annotations
 
-import time
 from typing import Iterable, Optional
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+from pplvae.timing import fastest
 
 __all__ = ["UnfusableTranscendentals", "faster_in_aten", "keep_unfusable_transcendentals", "unfusable_transcendentals"]
 
@@ -163,17 +164,11 @@ def _aten_wins(name: str, shape: tuple[int, ...], dtype: torch.dtype, rounds: in
     x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)).abs_()
     with torch.no_grad():
         inductor = torch._inductor.compile(make_fx(getattr(aten, name).default)(x), [x])
-        contenders = {"aten": lambda: torch.ops.pplvae.aten_pointwise(x, name), "inductor": lambda: inductor(x)}
-        best = dict.fromkeys(contenders, float("inf"))
-        for run in contenders.values():
-            run()  # warm up
-        for _ in range(rounds):
-            for side, run in contenders.items():
-                start = time.perf_counter()
-                for _ in range(4):
-                    run()
-                best[side] = min(best[side], time.perf_counter() - start)
-    return best["aten"] < best["inductor"]
+        calls = {"aten": lambda: torch.ops.pplvae.aten_pointwise(x, name), "inductor": lambda: inductor(x)}
+        for call in calls.values():
+            call()  # warm up
+        return fastest({side: lambda call=call: [call() for _ in range(4)] for side, call in calls.items()},
+                       rounds=rounds) == "aten"
 
 
 class UnfusableTranscendentals(CustomGraphPass):
